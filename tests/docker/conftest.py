@@ -1,0 +1,84 @@
+"""Fixtures for tests against the real Docker Engine.
+
+A missing engine or image FAILS the tests with the reason (run `make install`); it never skips.
+Every manager made here uses its own namespace, and the test fails if anything labelled with that
+namespace is still present once the manager is closed: leaks are test failures.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiodocker
+import pytest
+
+from thunder_env import EnvManager, ManagerConfig, SandboxSpec
+from thunder_env.docker import DockerBackend
+
+BASE_IMAGE = "thunder/base:latest"
+PYTHON_IMAGE = "thunder/python:latest"
+
+
+async def _require_engine_and_images() -> None:
+    try:
+        async with aiodocker.Docker() as docker:
+            await docker.version()
+            for image in (BASE_IMAGE, PYTHON_IMAGE):
+                try:
+                    await docker.images.inspect(image)
+                except aiodocker.DockerError:
+                    pytest.fail(f"image {image} is missing: run `make install` (builds the images)", pytrace=False)
+    except (aiodocker.DockerError, OSError) as exc:
+        pytest.fail(f"the Docker Engine does not answer ({exc}): run `make install` as root", pytrace=False)
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[DockerBackend]:
+    await _require_engine_and_images()
+    async with DockerBackend() as docker_backend:
+        yield docker_backend
+
+
+async def leftovers(backend: DockerBackend, namespace: str) -> list[str]:
+    found = await backend.list_managed({"thunder.namespace": namespace})
+    return [f"{r.kind} {r.resource_id[:12]}" for r in found]
+
+
+ManagerFactory = Callable[..., Awaitable[EnvManager]]
+
+
+@pytest.fixture
+async def make_manager(backend: DockerBackend) -> AsyncIterator[ManagerFactory]:
+    made: list[EnvManager] = []
+    namespaces: set[str] = set()
+
+    async def factory(**config: object) -> EnvManager:
+        config.setdefault("namespace", "test-" + secrets.token_hex(4))
+        namespaces.add(str(config["namespace"]))
+        manager = EnvManager(backend, ManagerConfig(**config))  # type: ignore[arg-type]
+        await manager.start()
+        made.append(manager)
+        return manager
+
+    yield factory
+    for manager in made:
+        await manager.close()
+    for namespace in namespaces:
+        left = await leftovers(backend, namespace)
+        assert not left, f"leaked after close: {left}"
+
+
+@pytest.fixture
+async def manager(make_manager: ManagerFactory) -> EnvManager:
+    return await make_manager()
+
+
+@pytest.fixture
+def base_spec() -> SandboxSpec:
+    return SandboxSpec(image=BASE_IMAGE, memory_bytes=256 << 20, pids_limit=128)
+
+
+@pytest.fixture
+def python_spec() -> SandboxSpec:
+    return SandboxSpec(image=PYTHON_IMAGE, memory_bytes=512 << 20)

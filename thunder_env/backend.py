@@ -1,0 +1,81 @@
+"""The seam between the manager and a container engine.
+
+Lifecycle (create, destroy, find what is ours) is kept apart from operations (exec, archives) so a
+second engine can reuse the operations API and the manager never knows which engine it drives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .results import ExecResult, OutputChunk
+from .spec import SandboxSpec
+
+OutputCallback = Callable[[OutputChunk], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSandbox:
+    sandbox_id: str
+    container_id: str
+    address: str | None  # reachable IP of the sandbox from the host, None without a network
+
+
+@dataclass(frozen=True, slots=True)
+class ManagedResource:
+    """Something a manager created, found by its labels (used by reconcile)."""
+
+    kind: str  # "container" | "image" | "network"
+    resource_id: str
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ExecRequest:
+    argv: Sequence[str]
+    marker: str  # unique token placed in the process environment to find (and kill) its tree
+    env: Mapping[str, str] = field(default_factory=dict)
+    workdir: str | None = None
+    user: str = ""
+    stdin: bytes | None = None
+    timeout_s: float | None = None
+    output_limit: int = 1 << 20
+
+
+class SandboxLifecycle(Protocol):
+    async def create(self, sandbox_id: str, spec: SandboxSpec, labels: Mapping[str, str]) -> BackendSandbox:
+        """Create and start a sandbox; on any failure nothing is left behind."""
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Remove the sandbox and its writable layer. Idempotent."""
+
+    async def is_running(self, sandbox_id: str) -> bool: ...
+
+    async def list_managed(self, labels: Mapping[str, str]) -> list[ManagedResource]: ...
+
+    async def remove_managed(self, resource: ManagedResource) -> None: ...
+
+    async def storage_path(self) -> str | None:
+        """Host path under which the engine stores sandbox disks, if it is on this host."""
+
+
+class SandboxOperations(Protocol):
+    async def exec(
+        self, sandbox_id: str, request: ExecRequest, on_output: OutputCallback | None = None
+    ) -> ExecResult:
+        """Run a command to completion or timeout. Cancellation kills the command's process tree."""
+
+    async def kill_marked(self, sandbox_id: str, marker: str, user: str = "") -> None:
+        """Kill every process of the sandbox whose environment carries ``marker``."""
+
+    async def get_archive(self, sandbox_id: str, path: str) -> bytes:
+        """A tar of ``path`` (file or directory) from the sandbox."""
+
+    async def put_archive(self, sandbox_id: str, dest_dir: str, data: bytes) -> None:
+        """Extract a tar into ``dest_dir`` of the sandbox."""
+
+
+class SandboxBackend(SandboxLifecycle, SandboxOperations, Protocol):
+    async def close(self) -> None: ...

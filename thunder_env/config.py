@@ -1,0 +1,27 @@
+"""The manager's typed configuration. Environment variables are read only by entry points."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ManagerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Labels group what one deployment owns; reconcile only ever touches its own namespace.
+    namespace: str = Field(default="default", pattern=r"^[a-zA-Z0-9_.-]{1,63}$")
+    # Reclaim a sandbox nobody used for this long, leases or not (None: never).
+    idle_ttl_s: float | None = Field(default=3600.0, gt=0)
+    # Keep a sandbox whose last lease went for this long, for reuse by the same spec or by id.
+    linger_s: float = Field(default=0.0, ge=0)
+    reaper_interval_s: float = Field(default=15.0, gt=0)
+    default_exec_timeout_s: float = Field(default=600.0, gt=0)
+    max_exec_timeout_s: float = Field(default=24 * 3600.0, gt=0)
+    output_limit_bytes: int = Field(default=1 << 20, ge=1024)
+    background_buffer_bytes: int = Field(default=4 << 20, ge=1024)
+    max_read_bytes: int = Field(default=64 << 20, ge=1024)
+    # Refuse new sandboxes below these host reserves instead of letting the host fall over.
+    min_free_disk_bytes: int = Field(default=2 << 30, ge=0)
+    min_free_memory_bytes: int = Field(default=512 << 20, ge=0)
+    port_host: str = "127.0.0.1"
+    reconcile_on_start: bool = True

@@ -1,0 +1,148 @@
+"""Creating, finding and removing sandboxes as Docker containers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import aiodocker
+from aiodocker.exceptions import DockerError
+
+from ..backend import BackendSandbox, ManagedResource
+from ..errors import BackendError, ImageNotFoundError, InvalidSpecError
+from ..spec import SandboxSpec
+from .errors import engine_errors
+
+INTERNAL_NETWORK = "thunder-internal"
+CONTAINER_PREFIX = "thunder-"
+
+
+def container_name(sandbox_id: str) -> str:
+    return CONTAINER_PREFIX + sandbox_id
+
+
+def container_config(spec: SandboxSpec, labels: Mapping[str, str]) -> dict[str, Any]:
+    """The Engine API create body for a spec: hardened by default."""
+    network_mode = {"none": "none", "internal": INTERNAL_NETWORK, "bridge": "bridge"}[spec.network]
+    return {
+        "Image": spec.image,
+        "Cmd": list(spec.command),
+        "Env": [f"{k}={v}" for k, v in spec.env.items()],
+        "WorkingDir": spec.workdir,
+        "User": spec.user,
+        "Labels": dict(labels),
+        "AttachStdout": False,
+        "AttachStderr": False,
+        "HostConfig": {
+            "NanoCpus": int(spec.cpus * 1e9),
+            "Memory": spec.memory_bytes,
+            "MemorySwap": spec.memory_bytes,  # no swap: an OOM must be an OOM, not a crawl
+            "PidsLimit": spec.pids_limit,
+            "CapDrop": ["ALL"],
+            "CapAdd": list(spec.capabilities),
+            "SecurityOpt": ["no-new-privileges"],
+            "NetworkMode": network_mode,
+            "Init": True,  # reaps zombies left by agents' commands
+        },
+    }
+
+
+class DockerLifecycle:
+    _docker: aiodocker.Docker
+    _network_lock: asyncio.Lock
+
+    async def create(self, sandbox_id: str, spec: SandboxSpec, labels: Mapping[str, str]) -> BackendSandbox:
+        if spec.network == "internal":
+            await self._ensure_internal_network(labels)
+        config = container_config(spec, labels)
+        name = container_name(sandbox_id)
+        try:
+            async with engine_errors():
+                container = await self._docker.containers.create(config, name=name)
+        except BackendError as exc:
+            if exc.status == 404:
+                raise ImageNotFoundError(spec.image) from exc
+            if exc.status == 400:
+                raise InvalidSpecError(f"the engine rejected the sandbox spec: {exc}") from exc
+            raise
+        try:
+            async with engine_errors(sandbox_id):
+                await container.start()
+                info = await container.show()
+        except BaseException:
+            await asyncio.shield(self.destroy(sandbox_id))
+            raise
+        return BackendSandbox(sandbox_id=sandbox_id, container_id=container.id, address=_address(info))
+
+    async def destroy(self, sandbox_id: str) -> None:
+        try:
+            async with engine_errors():
+                container = self._docker.containers.container(container_name(sandbox_id))
+                await container.delete(force=True, v=True)
+        except BackendError as exc:
+            if exc.status == 404:
+                return
+            if exc.status == 409 and "already in progress" in str(exc):
+                return
+            raise
+
+    async def is_running(self, sandbox_id: str) -> bool:
+        try:
+            async with engine_errors():
+                info = await self._docker.containers.container(container_name(sandbox_id)).show()
+        except BackendError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return bool(info["State"]["Running"])
+
+    async def list_managed(self, labels: Mapping[str, str]) -> list[ManagedResource]:
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        async with engine_errors():
+            containers = await self._docker.containers.list(all=True, filters=filters)
+            images = await self._docker.images.list(filters=filters)
+        found = [
+            ManagedResource("container", c.id, c._container.get("Labels") or {}) for c in containers
+        ]
+        found += [ManagedResource("image", i["Id"], i.get("Labels") or {}) for i in images]
+        return found
+
+    async def remove_managed(self, resource: ManagedResource) -> None:
+        try:
+            async with engine_errors():
+                if resource.kind == "container":
+                    await self._docker.containers.container(resource.resource_id).delete(force=True, v=True)
+                elif resource.kind == "image":
+                    await self._docker.images.delete(resource.resource_id, force=True)
+        except BackendError as exc:
+            if exc.status != 404:
+                raise
+
+    async def storage_path(self) -> str | None:
+        async with engine_errors():
+            info = await self._docker.system.info()
+        return info.get("DockerRootDir")
+
+    async def _ensure_internal_network(self, labels: Mapping[str, str]) -> None:
+        # One shared network with no route out: sandboxes reach nothing, the host reaches them.
+        async with self._network_lock:
+            try:
+                await self._docker.networks.get(INTERNAL_NETWORK)
+                return
+            except DockerError as exc:
+                if exc.status != 404:
+                    raise BackendError(f"cannot inspect network {INTERNAL_NETWORK}: {exc}", exc.status) from exc
+            async with engine_errors():
+                await self._docker.networks.create(
+                    {"Name": INTERNAL_NETWORK, "Internal": True, "Labels": {"thunder.managed": "1"}}
+                )
+
+
+def _address(info: Mapping[str, Any]) -> str | None:
+    networks = (info.get("NetworkSettings") or {}).get("Networks") or {}
+    for name in (INTERNAL_NETWORK, "bridge"):
+        address = (networks.get(name) or {}).get("IPAddress")
+        if address:
+            return str(address)
+    return None

@@ -1,0 +1,91 @@
+"""Typed errors of the environment manager.
+
+Every error derives from :class:`ThunderError`; where a builtin fits, the subclass also inherits it
+(``KeyError``, ``TimeoutError``...) so callers can catch either. Messages say what to do next.
+"""
+
+from __future__ import annotations
+
+
+class ThunderError(Exception):
+    """Root of every error Thunder raises on purpose."""
+
+
+class SandboxNotFoundError(ThunderError, LookupError):
+    def __init__(self, sandbox_id: str, hint: str = "") -> None:
+        self.sandbox_id = sandbox_id
+        msg = f"unknown sandbox {sandbox_id!r}"
+        super().__init__(f"{msg}: {hint}" if hint else f"{msg}: list sandboxes to see the live ones")
+
+
+class LeaseReleasedError(ThunderError):
+    def __init__(self, lease_id: str, sandbox_id: str, reason: str) -> None:
+        self.lease_id = lease_id
+        self.sandbox_id = sandbox_id
+        self.reason = reason
+        super().__init__(
+            f"lease {lease_id} on sandbox {sandbox_id} is no longer valid ({reason}); "
+            "acquire a new lease to keep working"
+        )
+
+
+class ProgramEndedError(ThunderError):
+    def __init__(self, program_id: str) -> None:
+        self.program_id = program_id
+        super().__init__(f"program {program_id!r} has ended; start a new program id to continue")
+
+
+class InvalidSpecError(ThunderError, ValueError):
+    """A sandbox spec or an operation's argument is not acceptable."""
+
+
+class ImageNotFoundError(ThunderError, LookupError):
+    def __init__(self, image: str) -> None:
+        self.image = image
+        super().__init__(
+            f"image {image!r} is not present in the local Docker Engine and no registry is used; "
+            "build it first (python -m thunder_env.images build) or pass an image that `docker images` lists"
+        )
+
+
+class ResourceExhaustedError(ThunderError):
+    """The host is too short of disk or memory to start another sandbox safely."""
+
+
+class BackendError(ThunderError):
+    """The container engine failed in a way the caller cannot fix by changing arguments."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class BackendUnavailableError(BackendError):
+    """The container engine does not answer."""
+
+
+class SandboxDeadError(ThunderError):
+    def __init__(self, sandbox_id: str, detail: str = "") -> None:
+        self.sandbox_id = sandbox_id
+        super().__init__(
+            f"sandbox {sandbox_id} is not running{': ' + detail if detail else ''}; "
+            "release it and acquire a new one"
+        )
+
+
+class FileOperationError(ThunderError, OSError):
+    """A file operation inside a sandbox failed (missing path, not a file, ...)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}")
+
+
+class PortExposeError(ThunderError):
+    """A port could not be exposed (sandbox without network, bad port number...)."""
+
+
+class ProcessNotFoundError(ThunderError, LookupError):
+    def __init__(self, process_id: str) -> None:
+        self.process_id = process_id
+        super().__init__(f"unknown background process {process_id!r}; it may belong to a released sandbox")

@@ -1,0 +1,64 @@
+"""Tool events: what the scheduler needs to know about a program's acting phase."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+EventKind = Literal["tool_start", "tool_end"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolEvent:
+    kind: EventKind
+    program_id: str
+    sandbox_id: str | None
+    tool: str
+    call_id: str
+    time: float
+    duration_s: float | None = None
+    exit_code: int | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "program_id": self.program_id,
+            "sandbox_id": self.sandbox_id,
+            "tool": self.tool,
+            "call_id": self.call_id,
+            "time": self.time,
+            "duration_s": self.duration_s,
+            "exit_code": self.exit_code,
+        }
+
+
+ToolEventListener = Callable[[ToolEvent], Awaitable[None]]
+
+
+class EventBus:
+    """Fans tool events out to async listeners. A failing listener is logged, never fatal:
+    a scheduler hiccup must not fail the agent's tool call."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._listeners: list[ToolEventListener] = []
+        self.clock = clock
+
+    def add_listener(self, listener: ToolEventListener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: ToolEventListener) -> None:
+        self._listeners.remove(listener)
+
+    async def emit(self, event: ToolEvent) -> None:
+        if not self._listeners:
+            return
+        results = await asyncio.gather(*(lst(event) for lst in self._listeners), return_exceptions=True)
+        for listener, result in zip(self._listeners, results, strict=False):
+            if isinstance(result, BaseException):
+                log.warning("tool event listener %r failed on %s: %r", listener, event.kind, result)

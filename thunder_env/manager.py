@@ -1,0 +1,542 @@
+"""EnvManager: sandboxes leased by programs, with reference counts and zero-leak reclamation.
+
+Lifecycle lives here (acquire, share, release, end_program, idle TTL, reconcile); operations
+(exec, files, ports) are thin wrappers that check the lease, emit tool events and call the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from . import files
+from .backend import BackendSandbox, ExecRequest, SandboxBackend
+from .config import ManagerConfig
+from .errors import (
+    InvalidSpecError,
+    LeaseReleasedError,
+    PortExposeError,
+    ProcessNotFoundError,
+    SandboxNotFoundError,
+)
+from .events import EventBus, ToolEvent, ToolEventListener
+from .hostcheck import check_host_reserves
+from .leases import Lease, LeaseTable
+from .output import RollingBuffer
+from .ports import PortForwarder
+from .processes import BackgroundProcess
+from .reconcile import OwnerIdentity, ReconcileReport, reconcile_namespace
+from .results import ExecResult, FileEntry, OutputChunk, PortBinding, ProcessOutput, SandboxInfo
+from .spec import SandboxSpec
+
+log = logging.getLogger(__name__)
+
+Command = str | Sequence[str]
+
+
+class _Default:
+    """Sentinel: 'use the configured default', as opposed to None meaning 'no timeout'."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT = _Default()
+SandboxState = Literal["ready", "lingering", "destroying"]
+
+
+@dataclass(eq=False)
+class _Sandbox:
+    sandbox_id: str
+    spec: SandboxSpec
+    handle: BackendSandbox
+    created_at: float
+    last_used_at: float
+    state: SandboxState = "ready"
+    forwarders: dict[int, PortForwarder] = field(default_factory=dict)
+    processes: dict[str, BackgroundProcess] = field(default_factory=dict)
+    linger_task: asyncio.Task[None] | None = None
+    busy: int = 0  # operations in flight: an idle reaper must not pull the floor from under them
+
+
+class EnvManager:
+    """Use as ``async with EnvManager(DockerBackend()) as envs:``; closing destroys what it holds."""
+
+    def __init__(
+        self,
+        backend: SandboxBackend,
+        config: ManagerConfig | None = None,
+        *,
+        events: EventBus | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backend = backend
+        self.config = config or ManagerConfig()
+        self.events = events or EventBus()
+        self.instance_id = secrets.token_hex(8)
+        self.owner = OwnerIdentity.current()
+        self._clock = clock
+        self._leases = LeaseTable()
+        self._sandboxes: dict[str, _Sandbox] = {}
+        self._processes: dict[str, BackgroundProcess] = {}
+        self._storage_path: str | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # ----------------------------------------------------------------- lifecycle of the manager
+
+    async def start(self) -> ReconcileReport | None:
+        self._storage_path = await self.backend.storage_path()
+        report = await self.reconcile() if self.config.reconcile_on_start else None
+        if self.config.idle_ttl_s is not None:
+            self._reaper = asyncio.create_task(self._reap_forever(), name="thunder-env-reaper")
+        return report
+
+    async def close(self) -> None:
+        """Destroy every sandbox this manager holds and stop background work."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for lease_owner in self._leases.programs():
+            for lease in self._leases.of_program(lease_owner):
+                self._leases.remove(lease, "manager closed")
+        await asyncio.gather(*(self._destroy(sb) for sb in list(self._sandboxes.values())), return_exceptions=True)
+
+    async def __aenter__(self) -> EnvManager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def add_listener(self, listener: ToolEventListener) -> None:
+        self.events.add_listener(listener)
+
+    def labels(self, program_id: str, sandbox_id: str) -> dict[str, str]:
+        return {
+            "thunder.managed": "1",
+            "thunder.namespace": self.config.namespace,
+            "thunder.instance": self.instance_id,
+            "thunder.owner": self.owner.encode(),
+            "thunder.program": program_id,
+            "thunder.sandbox": sandbox_id,
+        }
+
+    async def reconcile(self) -> ReconcileReport:
+        """Remove what dead earlier managers of this namespace left behind (never a live one's)."""
+        return await reconcile_namespace(self.backend, self.config.namespace, self.instance_id)
+
+    # ----------------------------------------------------------------------- leases
+
+    async def acquire(self, program_id: str, spec: SandboxSpec) -> Lease:
+        """A new sandbox for ``program_id`` (or a lingering one of the same spec)."""
+        _check_program_id(program_id)
+        for sandbox in self._sandboxes.values():
+            if sandbox.state == "lingering" and sandbox.spec.key() == spec.key():
+                return self._lease(program_id, sandbox)
+        check_host_reserves(self._storage_path, self.config.min_free_disk_bytes, self.config.min_free_memory_bytes)
+        sandbox_id = "sb-" + secrets.token_hex(6)
+        handle = await self.backend.create(sandbox_id, spec, self.labels(program_id, sandbox_id))
+        now = self._clock()
+        sandbox = _Sandbox(sandbox_id, spec, handle, created_at=now, last_used_at=now)
+        self._sandboxes[sandbox_id] = sandbox
+        try:
+            for port in spec.ports:
+                await self._open_port(sandbox, port)
+            return self._lease(program_id, sandbox)
+        except BaseException:
+            await asyncio.shield(self._destroy(sandbox))
+            raise
+
+    async def share(self, program_id: str, sandbox_id: str) -> Lease:
+        """Another lease on an existing sandbox: it lives until its last lease is released."""
+        _check_program_id(program_id)
+        return self._lease(program_id, self._live(sandbox_id))
+
+    async def release(self, lease: Lease) -> None:
+        """Drop one reference; the sandbox goes with its last lease (after the linger time, if any)."""
+        if lease.released:
+            return
+        remaining = self._leases.remove(lease, "released")
+        sandbox = self._sandboxes.get(lease.sandbox_id)
+        if sandbox is not None and remaining == 0:
+            await self._last_lease_gone(sandbox)
+
+    async def end_program(self, program_id: str) -> int:
+        """Drop every lease of a program; returns how many sandboxes were destroyed as a result."""
+        orphaned: list[_Sandbox] = []
+        for lease in self._leases.of_program(program_id):
+            if self._leases.remove(lease, f"program {program_id} ended") == 0:
+                sandbox = self._sandboxes.get(lease.sandbox_id)
+                if sandbox is not None:
+                    orphaned.append(sandbox)
+        await asyncio.gather(*(self._last_lease_gone(sb) for sb in orphaned))
+        return sum(1 for sb in orphaned if sb.sandbox_id not in self._sandboxes)
+
+    def leases_of(self, program_id: str) -> list[Lease]:
+        return self._leases.of_program(program_id)
+
+    def programs(self) -> list[str]:
+        return self._leases.programs()
+
+    def sandboxes(self, program_id: str | None = None) -> list[SandboxInfo]:
+        infos = [self._info(sb) for sb in self._sandboxes.values() if sb.state != "destroying"]
+        if program_id is not None:
+            infos = [info for info in infos if program_id in info.programs]
+        return sorted(infos, key=lambda info: info.created_at)
+
+    def sandbox_info(self, lease: Lease) -> SandboxInfo:
+        return self._info(self._checked(lease))
+
+    # ------------------------------------------------------------------- operations
+
+    async def exec(
+        self,
+        lease: Lease,
+        command: Command,
+        *,
+        timeout_s: float | _Default | None = DEFAULT,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        stdin: bytes | None = None,
+        user: str | None = None,
+        output_limit: int | None = None,
+        on_output: Callable[[OutputChunk], None] | None = None,
+        tool: str = "exec",
+    ) -> ExecResult:
+        """Run a command (a string runs in ``/bin/sh -c``; a list is argv) and wait for it."""
+        sandbox = self._checked(lease)
+        request = self._request(sandbox, command, timeout_s, env, workdir, stdin, user, output_limit)
+        async with self._tool_call(lease, sandbox, tool) as outcome:
+            result = await self.backend.exec(sandbox.sandbox_id, request, on_output)
+            outcome.exit_code = result.exit_code
+            return result
+
+    async def exec_stream(
+        self,
+        lease: Lease,
+        command: Command,
+        *,
+        timeout_s: float | _Default | None = DEFAULT,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        stdin: bytes | None = None,
+        user: str | None = None,
+        tool: str = "exec",
+    ) -> AsyncIterator[OutputChunk | ExecResult]:
+        """Yields output chunks as they come, then the ExecResult last. Closing early kills the command."""
+        queue: asyncio.Queue[OutputChunk | ExecResult | BaseException] = asyncio.Queue()
+
+        async def run() -> None:
+            try:
+                result = await self.exec(
+                    lease, command, timeout_s=timeout_s, env=env, workdir=workdir, stdin=stdin, user=user,
+                    on_output=queue.put_nowait, tool=tool,
+                )
+                queue.put_nowait(result)
+            except Exception as exc:
+                queue.put_nowait(exc)
+
+        task = asyncio.create_task(run())
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, ExecResult):
+                    return
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def start_process(
+        self,
+        lease: Lease,
+        command: Command,
+        *,
+        timeout_s: float | None = None,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        stdin: bytes | None = None,
+        user: str | None = None,
+    ) -> str:
+        """Start a background command; poll it with ``process_output``. Returns its process id."""
+        sandbox = self._checked(lease)
+        request = self._request(sandbox, command, timeout_s, env, workdir, stdin, user, None)
+        process = BackgroundProcess(
+            process_id="proc-" + secrets.token_hex(6),
+            sandbox_id=sandbox.sandbox_id,
+            program_id=lease.program_id,
+            marker=request.marker,
+            user=request.user,
+            stdout=RollingBuffer(self.config.background_buffer_bytes),
+            stderr=RollingBuffer(self.config.background_buffer_bytes),
+        )
+        async with self._tool_call(lease, sandbox, "process_start"):
+            process.task = asyncio.create_task(self.backend.exec(sandbox.sandbox_id, request, process.on_output))
+        sandbox.processes[process.process_id] = process
+        self._processes[process.process_id] = process
+        return process.process_id
+
+    async def process_output(
+        self, lease: Lease, process_id: str, stdout_offset: int = 0, stderr_offset: int = 0
+    ) -> ProcessOutput:
+        return self._process(lease, process_id).output_since(stdout_offset, stderr_offset)
+
+    async def wait_process(self, lease: Lease, process_id: str, timeout_s: float | None = None) -> ProcessOutput:
+        """Wait until the process ends (or the timeout passes: then it is still running)."""
+        process = self._process(lease, process_id)
+        if process.task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(process.task), timeout_s)
+        return process.output_since(0, 0)
+
+    async def kill_process(self, lease: Lease, process_id: str) -> ProcessOutput:
+        process = self._process(lease, process_id)
+        sandbox = self._checked(lease)
+        async with self._tool_call(lease, sandbox, "process_kill"):
+            if process.running:
+                await self.backend.kill_marked(process.sandbox_id, process.marker, process.user)
+                if process.task is not None:
+                    with contextlib.suppress(TimeoutError, Exception):
+                        await asyncio.wait_for(asyncio.shield(process.task), 5.0)
+        return process.output_since(0, 0)
+
+    async def read_file(self, lease: Lease, path: str, offset: int = 0, length: int | None = None) -> bytes:
+        sandbox = self._checked(lease)
+        full = files.resolve_path(sandbox.spec.workdir, path)
+        async with self._tool_call(lease, sandbox, "file_read"):
+            return await files.read_file(
+                self.backend, sandbox.sandbox_id, full, offset, length, self.config.max_read_bytes
+            )
+
+    async def write_file(self, lease: Lease, path: str, data: bytes, mode: int = 0o644) -> str:
+        """Write a file, creating missing parent directories. Returns the absolute path written."""
+        sandbox = self._checked(lease)
+        full = files.resolve_path(sandbox.spec.workdir, path)
+        async with self._tool_call(lease, sandbox, "file_write"):
+            await files.write_file(self.backend, sandbox.sandbox_id, full, data, mode)
+        return full
+
+    async def list_dir(self, lease: Lease, path: str = ".") -> list[FileEntry]:
+        sandbox = self._checked(lease)
+        full = files.resolve_path(sandbox.spec.workdir, path)
+        async with self._tool_call(lease, sandbox, "file_list"):
+            return await files.list_dir(self.backend, sandbox.sandbox_id, full, sandbox.spec.user)
+
+    async def upload_tar(self, lease: Lease, dest_dir: str, archive: bytes) -> None:
+        sandbox = self._checked(lease)
+        full = files.resolve_path(sandbox.spec.workdir, dest_dir)
+        async with self._tool_call(lease, sandbox, "upload"):
+            await self.backend.put_archive(sandbox.sandbox_id, full, archive)
+
+    async def download_tar(self, lease: Lease, path: str) -> bytes:
+        sandbox = self._checked(lease)
+        full = files.resolve_path(sandbox.spec.workdir, path)
+        async with self._tool_call(lease, sandbox, "download"):
+            return await self.backend.get_archive(sandbox.sandbox_id, full)
+
+    async def expose_port(self, lease: Lease, container_port: int) -> PortBinding:
+        """Make a sandbox port reachable on the host's loopback; freed with the sandbox."""
+        sandbox = self._checked(lease)
+        return (await self._open_port(sandbox, container_port)).binding
+
+    # -------------------------------------------------------------------- internals
+
+    def _lease(self, program_id: str, sandbox: _Sandbox) -> Lease:
+        if sandbox.state == "lingering":
+            if sandbox.linger_task is not None:
+                sandbox.linger_task.cancel()
+                sandbox.linger_task = None
+            sandbox.state = "ready"
+        sandbox.last_used_at = self._clock()
+        return self._leases.add(program_id, sandbox.sandbox_id)
+
+    def _live(self, sandbox_id: str) -> _Sandbox:
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None or sandbox.state == "destroying":
+            raise SandboxNotFoundError(sandbox_id)
+        return sandbox
+
+    def _checked(self, lease: Lease) -> _Sandbox:
+        if lease.released:
+            raise LeaseReleasedError(lease.lease_id, lease.sandbox_id, lease.release_reason)
+        if self._leases.get(lease.lease_id) is not lease:
+            raise LeaseReleasedError(lease.lease_id, lease.sandbox_id, "not issued by this manager")
+        sandbox = self._live(lease.sandbox_id)
+        sandbox.last_used_at = self._clock()
+        return sandbox
+
+    def _process(self, lease: Lease, process_id: str) -> BackgroundProcess:
+        self._checked(lease)
+        process = self._processes.get(process_id)
+        if process is None or process.sandbox_id != lease.sandbox_id:
+            raise ProcessNotFoundError(process_id)
+        return process
+
+    def _request(
+        self,
+        sandbox: _Sandbox,
+        command: Command,
+        timeout_s: float | _Default | None,
+        env: Mapping[str, str] | None,
+        workdir: str | None,
+        stdin: bytes | None,
+        user: str | None,
+        output_limit: int | None,
+    ) -> ExecRequest:
+        if isinstance(command, str):
+            if not command.strip():
+                raise InvalidSpecError("command is empty")
+            argv: list[str] = ["/bin/sh", "-c", command]
+        else:
+            argv = list(command)
+            if not argv or not all(isinstance(a, str) for a in argv):
+                raise InvalidSpecError("argv must be a non-empty list of strings")
+        timeout = self.config.default_exec_timeout_s if isinstance(timeout_s, _Default) else timeout_s
+        if timeout is not None and not 0 < timeout <= self.config.max_exec_timeout_s:
+            raise InvalidSpecError(
+                f"timeout_s must be in (0, {self.config.max_exec_timeout_s:g}] seconds, got {timeout}"
+            )
+        if output_limit is not None and output_limit < 2:
+            raise InvalidSpecError("output_limit must be at least 2 bytes")
+        return ExecRequest(
+            argv=argv,
+            marker=secrets.token_hex(8),
+            env=dict(env or {}),
+            workdir=files.resolve_path(sandbox.spec.workdir, workdir) if workdir else None,
+            user=sandbox.spec.user if user is None else user,
+            stdin=stdin,
+            timeout_s=timeout,
+            output_limit=output_limit or self.config.output_limit_bytes,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _tool_call(self, lease: Lease, sandbox: _Sandbox, tool: str) -> AsyncIterator[_Outcome]:
+        outcome = _Outcome()
+        call_id = secrets.token_hex(6)
+        started = time.monotonic()
+        sandbox.busy += 1
+        await self.events.emit(
+            ToolEvent("tool_start", lease.program_id, sandbox.sandbox_id, tool, call_id, self.events.clock())
+        )
+        try:
+            yield outcome
+        finally:
+            sandbox.busy -= 1
+            sandbox.last_used_at = self._clock()
+            end = ToolEvent(
+                "tool_end", lease.program_id, sandbox.sandbox_id, tool, call_id, self.events.clock(),
+                duration_s=time.monotonic() - started, exit_code=outcome.exit_code,
+            )
+            await asyncio.shield(self.events.emit(end))
+
+    async def _open_port(self, sandbox: _Sandbox, container_port: int) -> PortForwarder:
+        if not 1 <= container_port <= 65535:
+            raise PortExposeError(f"port {container_port} is outside 1..65535")
+        if sandbox.handle.address is None:
+            raise PortExposeError(
+                f"sandbox {sandbox.sandbox_id} has no network (network='{sandbox.spec.network}'); "
+                "create it with network='internal' to expose ports"
+            )
+        existing = sandbox.forwarders.get(container_port)
+        if existing is not None:
+            return existing
+        forwarder = await PortForwarder.open(
+            sandbox.sandbox_id, self.config.port_host, sandbox.handle.address, container_port
+        )
+        sandbox.forwarders[container_port] = forwarder
+        return forwarder
+
+    async def _last_lease_gone(self, sandbox: _Sandbox) -> None:
+        if self.config.linger_s > 0 and sandbox.state == "ready" and not self._closed:
+            sandbox.state = "lingering"
+            sandbox.linger_task = asyncio.create_task(self._linger(sandbox))
+            return
+        await self._destroy(sandbox)
+
+    async def _linger(self, sandbox: _Sandbox) -> None:
+        await asyncio.sleep(self.config.linger_s)
+        if sandbox.state == "lingering" and self._leases.count(sandbox.sandbox_id) == 0:
+            sandbox.linger_task = None
+            await self._destroy(sandbox)
+
+    async def _destroy(self, sandbox: _Sandbox) -> None:
+        if sandbox.state == "destroying":
+            return
+        sandbox.state = "destroying"
+        if sandbox.linger_task is not None and sandbox.linger_task is not asyncio.current_task():
+            sandbox.linger_task.cancel()
+        for lease in self._leases.of_sandbox(sandbox.sandbox_id):
+            self._leases.remove(lease, "sandbox destroyed")
+        try:
+            await asyncio.gather(*(fw.close() for fw in sandbox.forwarders.values()), return_exceptions=True)
+            for process in sandbox.processes.values():
+                if process.task is not None and not process.task.done():
+                    process.task.cancel()
+                self._processes.pop(process.process_id, None)
+            await self.backend.destroy(sandbox.sandbox_id)
+        finally:
+            self._sandboxes.pop(sandbox.sandbox_id, None)
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reaper_interval_s)
+            try:
+                await self.reap_idle()
+            except Exception:
+                log.exception("idle reaper failed; retrying next interval")
+
+    async def reap_idle(self) -> list[str]:
+        """Reclaim sandboxes unused for longer than the idle TTL. Returns their ids."""
+        ttl = self.config.idle_ttl_s
+        if ttl is None:
+            return []
+        now = self._clock()
+        idle = [
+            sb for sb in self._sandboxes.values()
+            if sb.state == "ready" and sb.busy == 0 and now - sb.last_used_at > ttl
+            and not any(p.running for p in sb.processes.values())
+        ]
+        for sandbox in idle:
+            for lease in self._leases.of_sandbox(sandbox.sandbox_id):
+                self._leases.remove(lease, f"reclaimed after {ttl:g} s idle")
+            log.info("reclaiming idle sandbox %s", sandbox.sandbox_id)
+        await asyncio.gather(*(self._destroy(sb) for sb in idle), return_exceptions=True)
+        return [sb.sandbox_id for sb in idle]
+
+    def _info(self, sandbox: _Sandbox) -> SandboxInfo:
+        leases = self._leases.of_sandbox(sandbox.sandbox_id)
+        return SandboxInfo(
+            sandbox_id=sandbox.sandbox_id,
+            image=sandbox.spec.image,
+            state=sandbox.state,
+            programs=tuple(sorted({lease.program_id for lease in leases})),
+            lease_count=len(leases),
+            created_at=sandbox.created_at,
+            last_used_at=sandbox.last_used_at,
+            ports=tuple(fw.binding for fw in sandbox.forwarders.values()),
+        )
+
+
+@dataclass(slots=True)
+class _Outcome:
+    exit_code: int | None = None
+
+
+def _check_program_id(program_id: str) -> None:
+    if not program_id or len(program_id) > 200 or any(c in program_id for c in "\0\n,="):
+        raise InvalidSpecError(f"invalid program id {program_id!r}: 1-200 chars without NUL, newline, ',' or '='")
