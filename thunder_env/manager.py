@@ -19,6 +19,7 @@ from . import files
 from .backend import BackendSandbox, ExecRequest, SandboxBackend
 from .config import ManagerConfig
 from .errors import (
+    FileOperationError,
     InvalidSpecError,
     LeaseReleasedError,
     PortExposeError,
@@ -326,6 +327,8 @@ class EnvManager:
     async def write_file(self, lease: Lease, path: str, data: bytes, mode: int = 0o644) -> str:
         """Write a file, creating missing parent directories. Returns the absolute path written."""
         sandbox = self._checked(lease)
+        if path.endswith("/"):
+            raise FileOperationError(path, "is a directory path; give a file name")
         full = files.resolve_path(sandbox.spec.workdir, path)
         async with self._tool_call(lease, sandbox, "file_write"):
             await files.write_file(self.backend, sandbox.sandbox_id, full, data, mode)

@@ -18,7 +18,7 @@ async def engine_errors(sandbox_id: str | None = None) -> AsyncIterator[None]:
         yield
     except DockerError as exc:
         message = str(exc.message)
-        if sandbox_id is not None and exc.status == 404 and "container" in message.lower():
+        if sandbox_id is not None and exc.status == 404 and "no such container" in message.lower():
             raise SandboxNotFoundError(sandbox_id, "its container is gone") from exc
         if sandbox_id is not None and exc.status == 409 and "not running" in message.lower():
             raise SandboxDeadError(sandbox_id, message) from exc
