@@ -77,5 +77,46 @@ class SandboxOperations(Protocol):
         """Extract a tar into ``dest_dir`` of the sandbox."""
 
 
-class SandboxBackend(SandboxLifecycle, SandboxOperations, Protocol):
+@dataclass(frozen=True, slots=True)
+class EngineImageUsage:
+    image_id: str
+    size: int  # every layer the image reads, its parents' included
+    shared_size: int  # the part of ``size`` in layers other images use too
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineContainerUsage:
+    container_id: str
+    size_rw: int  # the container's own writable layer
+    size_root_fs: int  # writable layer + the image layers under it
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineDiskUsage:
+    """The engine's own size data (Docker: ``/system/df``)."""
+
+    layers_size: int  # every image layer, counted once
+    images: tuple[EngineImageUsage, ...]
+    containers: tuple[EngineContainerUsage, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return self.layers_size + sum(c.size_rw for c in self.containers)
+
+
+class SnapshotBackend(Protocol):
+    """Snapshots as image layers: a commit adds one layer on its parent's, shared by every child."""
+
+    async def commit(self, sandbox_id: str, snapshot_ref: str, labels: Mapping[str, str], pause: bool) -> str:
+        """Capture the sandbox's filesystem as image ``snapshot_ref`` (repo:tag); returns the image id."""
+
+    async def remove_image(self, image_ref: str) -> bool:
+        """Remove an image (its untagged parents go with it). False if it was already gone."""
+
+    async def disk_usage(self) -> EngineDiskUsage: ...
+
+
+class SandboxBackend(SandboxLifecycle, SandboxOperations, SnapshotBackend, Protocol):
     async def close(self) -> None: ...

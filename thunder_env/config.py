@@ -25,3 +25,24 @@ class ManagerConfig(BaseModel):
     min_free_memory_bytes: int = Field(default=512 << 20, ge=0)
     port_host: str = "127.0.0.1"
     reconcile_on_start: bool = True
+    # Warm pools (thunder_env.pools). Every spec acquired gets a pool sized by demand within
+    # [pool_min_size, pool_max_size]; 0/0 means pools only for specs given to configure_pool().
+    pool_min_size: int = Field(default=0, ge=0)
+    pool_max_size: int = Field(default=0, ge=0)
+    # Warm sandboxes started at once across all pools: refills must not starve the programs.
+    pool_refill_concurrency: int = Field(default=2, ge=1)
+    # Demand is the acquire rate over this window (times the measured refill time: the target size).
+    pool_demand_window_s: float = Field(default=60.0, gt=0)
+    # A prepared environment nobody acquires is reclaimed after this long.
+    prepare_ttl_s: float = Field(default=600.0, gt=0)
+    # Templates: the time limit of one setup step.
+    template_step_timeout_s: float = Field(default=1800.0, gt=0)
+    # Freeze the sandbox while it is committed (a consistent snapshot of files being written).
+    snapshot_pause: bool = True
+    # Snapshots no sandbox, program or pool uses are evicted, oldest first, while the disk this
+    # manager owns (its sandboxes' writable layers + its snapshots' own layers) exceeds the budget.
+    disk_budget_bytes: int | None = Field(default=None, ge=0)
+    # The engine's size data (/system/df) is reused for this long: it walks every writable layer.
+    disk_usage_cache_s: float = Field(default=2.0, ge=0)
+    # Sandboxes started at once by fork().
+    fork_concurrency: int = Field(default=4, ge=1)

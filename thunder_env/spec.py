@@ -47,6 +47,10 @@ class SandboxSpec(BaseModel):
     ports: tuple[int, ...] = ()
     capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
     command: tuple[str, ...] = KEEPALIVE_COMMAND
+    # Setup steps make the spec a *template*: each step is a shell command (``/bin/sh -c``) run once,
+    # in order, in ``workdir`` as ``user`` with ``env``; the result is snapshotted and every sandbox of
+    # the template starts from that snapshot (see thunder_env.templates). Empty: a plain image.
+    setup: tuple[str, ...] = ()
 
     @field_validator("workdir")
     @classmethod
@@ -61,6 +65,14 @@ class SandboxSpec(BaseModel):
         for port in value:
             if not 1 <= port <= 65535:
                 raise ValueError(f"port {port} is outside 1..65535")
+        return value
+
+    @field_validator("setup")
+    @classmethod
+    def _valid_setup(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for step in value:
+            if not step.strip() or "\0" in step:
+                raise ValueError(f"setup step {step!r} is empty or contains NUL")
         return value
 
     @field_validator("env")

@@ -8,9 +8,10 @@ import aiodocker
 
 from .execution import DockerExecution
 from .lifecycle import DockerLifecycle
+from .snapshots import DockerSnapshots
 
 
-class DockerBackend(DockerLifecycle, DockerExecution):
+class DockerBackend(DockerLifecycle, DockerExecution, DockerSnapshots):
     """One aiodocker client for every call; use ``async with`` or ``await close()``."""
 
     def __init__(self, url: str | None = None) -> None:

@@ -149,14 +149,17 @@ class DockerExecution:
             await self.kill_marked(sandbox_id, request.marker, request.user)
 
     async def _exit_code(self, exec_id: str, sandbox_id: str) -> int | None:
-        # The stream can end a moment before the engine records the exit code.
-        for _ in range(50):
+        # The stream can end a moment before the engine records the exit code: poll briefly,
+        # starting with very short waits since the gap is usually under a millisecond.
+        delay = 0.0005
+        for _ in range(40):
             async with engine_errors(sandbox_id):
                 info = await self._docker._query_json(f"exec/{exec_id}/json", method="GET")
             if not info.get("Running"):
                 code = info.get("ExitCode")
                 return int(code) if code is not None else None
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
         return None
 
     async def _oom_happened(self, sandbox_id: str) -> bool:

@@ -112,9 +112,7 @@ def parse_deb822(text: str, origin: str = "<text>") -> list[AptSource]:
         for kind in fields.get("types", "").split():
             for uri in fields.get("uris", "").split():
                 for suite in fields.get("suites", "").split():
-                    out.append(
-                        AptSource(kind, uri, suite, components, keyring, enabled, f"{origin}:{lineno}")
-                    )
+                    out.append(AptSource(kind, uri, suite, components, keyring, enabled, f"{origin}:{lineno}"))
     return out
 
 

@@ -19,9 +19,7 @@ class RecipeNotFoundError(ImageError, LookupError):
     def __init__(self, name: str, known: Sequence[str]) -> None:
         self.name = name
         self.known = tuple(known)
-        super().__init__(
-            f"no image recipe named {name!r}; known recipes: {', '.join(self.known) or '(none)'}"
-        )
+        super().__init__(f"no image recipe named {name!r}; known recipes: {', '.join(self.known) or '(none)'}")
 
 
 class ToolMissingError(ImageError, FileNotFoundError):

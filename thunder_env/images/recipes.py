@@ -162,12 +162,8 @@ def load_recipe(directory: Path) -> Recipe:
 def load_recipes(recipes_dir: Path) -> dict[str, Recipe]:
     """Every recipe under ``recipes_dir`` (folders holding a recipe.toml), sorted by name."""
     if not recipes_dir.is_dir():
-        raise RecipeError(
-            f"recipes folder {recipes_dir} does not exist; pass the images/ folder of a Thunder checkout"
-        )
-    recipes = {
-        d.name: load_recipe(d) for d in sorted(recipes_dir.iterdir()) if (d / RECIPE_FILE).is_file()
-    }
+        raise RecipeError(f"recipes folder {recipes_dir} does not exist; pass the images/ folder of a Thunder checkout")
+    recipes = {d.name: load_recipe(d) for d in sorted(recipes_dir.iterdir()) if (d / RECIPE_FILE).is_file()}
     if not recipes:
         raise RecipeError(f"no recipe (*/{RECIPE_FILE}) under {recipes_dir}")
     tags: dict[str, str] = {}

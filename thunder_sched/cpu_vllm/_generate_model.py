@@ -136,10 +136,10 @@ CODE_SNIPPETS = [
     'if {a} is None:\n    raise ValueError("{b} {c} {d}")\n',
     '{{"{a}": {n}, "{b}": "{c}", "{d}": [{m}, {n}]}}',
     "$ ls -la /{a}/{b}/{c}.py\n-rw-r--r-- 1 root root {n} {d} {m} {e}.txt\n",
-    "Traceback (most recent call last):\n  File \"/{a}/{b}.py\", line {n}, in {c}\n{d}Error: {e}\n",
-    "class {A}{B}:\n    {c}: str = \"{d}\"\n    {e}: int = {n}\n",
+    'Traceback (most recent call last):\n  File "/{a}/{b}.py", line {n}, in {c}\n{d}Error: {e}\n',
+    'class {A}{B}:\n    {c}: str = "{d}"\n    {e}: int = {n}\n',
     "{a} = {b}.{c}({d}={n}, {e}={m})\n",
-    "<tool_call>{a} {{\"{b}\": \"{c}\", \"{d}\": {n}}}</tool_call>",
+    '<tool_call>{a} {{"{b}": "{c}", "{d}": {n}}}</tool_call>',
     "diff --git a/{a}/{b}.py b/{a}/{b}.py\n@@ -{n},{m} +{n},{m} @@\n-    {c} = {d}\n+    {c} = {e}\n",
 ]
 
@@ -218,7 +218,7 @@ def corpus(seed: int, lines: int) -> Iterator[str]:
             yield "".join(chr(rng.randint(32, 126)) for _ in range(rng.randint(10, 60)))
 
 
-def build_tokenizer(spec: dict, out: Path):  # noqa: ANN201 - returns a transformers tokenizer
+def build_tokenizer(spec: dict, out: Path):  # returns a transformers PreTrainedTokenizerFast
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -250,7 +250,7 @@ def build_tokenizer(spec: dict, out: Path):  # noqa: ANN201 - returns a transfor
     return wrapped
 
 
-def build_model(spec: dict, tokenizer, out: Path) -> int:  # noqa: ANN001
+def build_model(spec: dict, tokenizer, out: Path) -> int:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 

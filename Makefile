@@ -1,0 +1,57 @@
+# Thunder: set-up and checks. Every target installs what it needs, idempotently, as root on Debian.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.thunder-installed
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+PYTEST := $(PY) -m pytest -p no:cacheprovider --timeout=600
+MCP_PORT ?= 8765
+
+.PHONY: install system venv images test test-unit test-docker test-vllm vllm lint serve bench clean
+
+install: system venv images
+
+system:
+	@scripts/ensure-system.sh
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed, found " + sys.version)'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+images: venv system
+	@$(PY) -m thunder_env.images build
+
+vllm: venv
+	@$(PY) -m thunder_sched.cpu_vllm ensure
+
+lint: venv
+	$(PY) -m ruff check .
+
+# The whole suite: fast unit tier first, then the real-Docker tier (env + MCP), then the real-vLLM tier.
+test: install vllm lint
+	$(PYTEST) -q tests/unit
+	$(PYTEST) -q tests/docker tests/mcp
+	$(PYTEST) -q tests/vllm
+
+test-unit: venv
+	$(PYTEST) -q tests/unit
+
+test-docker: install
+	$(PYTEST) -q tests/docker tests/mcp
+
+test-vllm: install vllm
+	$(PYTEST) -q tests/vllm
+
+serve: install
+	$(VENV)/bin/thunder-mcp --http --host 127.0.0.1 --port $(MCP_PORT)
+
+bench: install
+	$(PY) -m thunder_env.bench core --quick
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,109 @@
+"""Typed configuration of the MCP front-end. Environment variables are read only by the CLI."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Program ids travel in URL paths and headers: keep them to a safe, readable alphabet.
+PROGRAM_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
+PROGRAM_ID_RULE = "1-128 characters from A-Z a-z 0-9 . _ : @ + -, starting with a letter or digit"
+
+
+def check_program_id(program_id: str) -> str:
+    if not PROGRAM_ID_PATTERN.match(program_id):
+        raise ValueError(f"invalid program id {program_id!r}: use {PROGRAM_ID_RULE}")
+    return program_id
+
+
+class ServerConfig(BaseModel):
+    """What the tools allow and how they behave; shared by every transport."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "thunder"
+    # The program a call belongs to when the transport names none (stdio: the process's program).
+    # None on HTTP: an unbound request then uses its MCP session as its program.
+    default_program_id: str | None = None
+    default_image: str = "thunder/python:latest"
+    # Images sandbox_create accepts; None: any image the local engine has.
+    allowed_images: tuple[str, ...] | None = None
+    max_sandboxes_per_program: int = Field(default=16, ge=1)
+    max_cpus: float = Field(default=4.0, gt=0)
+    max_memory_bytes: int = Field(default=8 << 30, ge=16 << 20)
+    default_memory_bytes: int = Field(default=1 << 30, ge=16 << 20)
+    # 'bridge' reaches the outside world: off unless the operator opts in.
+    allow_bridge_network: bool = False
+    # sandbox_exec waits this long by default, then leaves the command running in the background.
+    # Below the 60 s many MCP clients give a call, so the agent gets a process id instead of an error.
+    default_wait_s: float = Field(default=50.0, gt=0)
+    max_wait_s: float = Field(default=3600.0, gt=0)
+    progress_interval_s: float = Field(default=2.0, gt=0)
+    # Per stream, head and tail kept: what reaches the model's context must stay small.
+    output_limit_bytes: int = Field(default=30_000, ge=1024)
+    process_buffer_bytes: int = Field(default=1 << 20, ge=1024)
+    max_processes_per_program: int = Field(default=32, ge=1)
+    file_read_default_lines: int = Field(default=2000, ge=1)
+    file_read_max_bytes: int = Field(default=256 << 10, ge=1024)
+    file_write_max_bytes: int = Field(default=16 << 20, ge=1024)
+    # File tools reach the sandbox's workdir and these directories (symlinks resolved in the sandbox).
+    extra_file_roots: tuple[str, ...] = ("/tmp",)
+    # A program with no tool call for this long is ended (None: never).
+    program_idle_timeout_s: float | None = Field(default=1800.0, gt=0)
+    reaper_interval_s: float = Field(default=30.0, gt=0)
+    # Ended program ids remembered so that late calls get a clear error instead of a fresh program.
+    ended_programs_remembered: int = Field(default=10_000, ge=0)
+
+    @field_validator("default_program_id")
+    @classmethod
+    def _valid_program(cls, value: str | None) -> str | None:
+        return None if value is None else check_program_id(value)
+
+    @field_validator("extra_file_roots")
+    @classmethod
+    def _absolute_roots(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for root in value:
+            if not root.startswith("/"):
+                raise ValueError(f"file roots must be absolute paths, got {root!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServerConfig:
+        if self.default_wait_s > self.max_wait_s:
+            raise ValueError("default_wait_s must not exceed max_wait_s")
+        if self.default_memory_bytes > self.max_memory_bytes:
+            raise ValueError("default_memory_bytes must not exceed max_memory_bytes")
+        return self
+
+
+class HttpConfig(BaseModel):
+    """Streamable HTTP: where to listen and who may call."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    # Grants every program; callers pick theirs by path or X-Program-Id (or get their MCP session's).
+    token: str = Field(min_length=16)
+    # Tokens that each confine their holder to one program: token -> program id.
+    program_tokens: dict[str, str] = Field(default_factory=dict)
+    # Extra Host / Origin values the DNS-rebinding check accepts (loopback names always are).
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    session_idle_timeout_s: float = Field(default=1800.0, gt=0)
+
+    @field_validator("program_tokens")
+    @classmethod
+    def _valid_program_tokens(cls, value: dict[str, str]) -> dict[str, str]:
+        for token, program_id in value.items():
+            if len(token) < 16:
+                raise ValueError("program tokens must be at least 16 characters")
+            check_program_id(program_id)
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_tokens(self) -> HttpConfig:
+        if self.token in self.program_tokens:
+            raise ValueError("the server token must differ from every program token")
+        return self

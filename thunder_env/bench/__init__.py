@@ -1,0 +1,1 @@
+"""Benchmarks of the environment manager: `python -m thunder_env.bench {core,pool,disk} [--quick]`."""

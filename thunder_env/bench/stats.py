@@ -1,0 +1,16 @@
+"""Small helpers shared by the benchmarks."""
+
+from __future__ import annotations
+
+import statistics
+
+
+def p50_ms(samples_s: list[float]) -> float:
+    return round(statistics.median(samples_s) * 1000, 2) if samples_s else float("nan")
+
+
+def p95_ms(samples_s: list[float]) -> float:
+    if not samples_s:
+        return float("nan")
+    ordered = sorted(samples_s)
+    return round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000, 2)

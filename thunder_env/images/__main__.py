@@ -1,0 +1,3 @@
+from thunder_env.images.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""The FastAPI app factory: OpenAI-compatible proxy routes plus program endpoints and metrics.
+
+Embedding (combined with the env manager in one process):
+
+    app = create_app(config, on_program_end=env_manager.end_program)
+    env_manager.add_listener(get_scheduler(app).on_tool_event)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from thunder_sched.config import SchedulerConfig
+from thunder_sched.errors import SchedulerError
+from thunder_sched.events import ToolEvent, ToolEventBody
+from thunder_sched.forward import ClientGoneError, proxy_completion, proxy_get
+from thunder_sched.metrics import make_registry
+from thunder_sched.notifier import ProgramEndCallback
+from thunder_sched.program import ProgramInfo
+from thunder_sched.scheduler import Scheduler
+
+
+def get_scheduler(app: FastAPI) -> Scheduler:
+    return app.state.scheduler
+
+
+def create_app(
+    config: SchedulerConfig,
+    *,
+    on_program_end: ProgramEndCallback | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    """Build the proxy. The scheduler exists at once (so listeners can be registered); its HTTP client,
+    capacity reads and periodic loops live in the app's lifespan. `transport` is for tests."""
+    scheduler = Scheduler(config, on_program_end=on_program_end)
+    registry = make_registry(scheduler)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        timeout = httpx.Timeout(connect=config.connect_timeout_s, read=config.request_timeout_s, write=60.0, pool=None)
+        limits = httpx.Limits(max_connections=config.max_connections, max_keepalive_connections=64)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport) as client:
+            await scheduler.start(client)
+            try:
+                yield
+            finally:
+                await scheduler.close()
+
+    app = FastAPI(title="thunder-sched", lifespan=lifespan)
+    app.state.scheduler = scheduler
+
+    @app.exception_handler(SchedulerError)
+    async def _scheduler_error(_: Request, exc: SchedulerError) -> JSONResponse:
+        return JSONResponse(
+            {"error": {"message": str(exc), "type": exc.error_type, "code": exc.status_code}},
+            status_code=exc.status_code,
+        )
+
+    @app.exception_handler(ClientGoneError)
+    async def _client_gone(_: Request, __: ClientGoneError) -> Response:
+        return Response(status_code=499)  # nobody is listening; the lease is already finalized
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await proxy_completion(scheduler, request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await proxy_completion(scheduler, request, "completion")
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Response:
+        return await proxy_get(scheduler, "/v1/models", request.headers)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        backends = [
+            {"url": b.url, "healthy": b.healthy, "capacity_tokens": b.capacity, "last_error": b.last_error}
+            for b in scheduler.backends.backends.values()
+        ]
+        ok = bool(scheduler.backends.usable())
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "backends": backends}, status_code=200 if ok else 503
+        )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/programs")
+    async def programs(include_terminated: bool = False) -> list[ProgramInfo]:
+        return scheduler.programs(include_terminated=include_terminated)
+
+    @app.get("/programs/{program_id}")
+    async def program(program_id: str) -> ProgramInfo:
+        return scheduler.program(program_id)
+
+    @app.post("/programs/{program_id}/release")
+    async def release(program_id: str) -> ProgramInfo:
+        return scheduler.release(program_id)
+
+    @app.post("/programs/{program_id}/events", status_code=202)
+    async def events(program_id: str, event: ToolEventBody) -> dict[str, str]:
+        await scheduler.on_tool_event(ToolEvent(program_id=program_id, **event.model_dump()))
+        return {"status": "accepted"}
+
+    return app

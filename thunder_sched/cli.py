@@ -1,0 +1,90 @@
+"""`thunder-sched`: run the scheduler proxy in front of one or more vLLM servers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pydantic import ValidationError
+
+from thunder_sched.config import PolicyConfig, SchedulerConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="thunder-sched",
+        description="Program-aware OpenAI-compatible proxy that pauses and restores agent programs "
+        "so the vLLM KV pool never thrashes.",
+    )
+    p.add_argument(
+        "--backend",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="vLLM base URL (repeat for replicas), e.g. http://127.0.0.1:8000",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8300)
+    pol = PolicyConfig.model_fields
+    p.add_argument("--lambda-max", type=float, default=pol["lambda_max"].default)
+    p.add_argument("--lambda-min", type=float, default=None, help="low watermark (default: lambda-max)")
+    p.add_argument("--tau", type=float, default=pol["tau_s"].default, help="acting-token decay constant, s")
+    p.add_argument("--no-time-decay", action="store_true", help="count acting programs' tokens in full")
+    p.add_argument("--aging-rate", type=float, default=pol["aging_rate"].default)
+    p.add_argument(
+        "--max-wait",
+        type=float,
+        default=pol["max_wait_s"].default,
+        help="seconds after which a waiting program is served first",
+    )
+    p.add_argument("--cache-affinity", type=float, default=pol["cache_affinity_s"].default)
+    cfg = SchedulerConfig.model_fields
+    p.add_argument("--interval", type=float, default=cfg["interval_s"].default, help="check period, s")
+    p.add_argument("--backend-refresh", type=float, default=cfg["backend_refresh_s"].default)
+    p.add_argument("--inactivity-timeout", type=float, default=cfg["inactivity_timeout_s"].default)
+    p.add_argument(
+        "--env-manager-url",
+        default=None,
+        help="POST here when a program ends ('{program_id}' substituted, else /programs/<id>/end)",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
+    policy = PolicyConfig(
+        lambda_max=args.lambda_max,
+        lambda_min=args.lambda_min,
+        tau_s=args.tau,
+        time_decay=not args.no_time_decay,
+        aging_rate=args.aging_rate,
+        max_wait_s=args.max_wait,
+        cache_affinity_s=args.cache_affinity,
+    )
+    return SchedulerConfig(
+        backends=tuple(args.backend),
+        policy=policy,
+        interval_s=args.interval,
+        backend_refresh_s=args.backend_refresh,
+        inactivity_timeout_s=args.inactivity_timeout,
+        env_manager_url=args.env_manager_url,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValidationError as exc:
+        sys.exit(f"thunder-sched: invalid configuration:\n{exc}")
+    import uvicorn  # imported here: only the entry point needs the server
+
+    from thunder_sched.app import create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level)
+
+
+if __name__ == "__main__":
+    main()

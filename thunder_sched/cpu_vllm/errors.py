@@ -1,0 +1,31 @@
+"""Typed errors of the CPU vLLM helper; each message says what failed and where to look."""
+
+from __future__ import annotations
+
+
+class CpuVllmError(Exception):
+    """Root of every error raised by `thunder_sched.cpu_vllm`."""
+
+
+class VenvError(CpuVllmError):
+    """The vLLM venv could not be created, installed or verified."""
+
+
+class ModelError(CpuVllmError):
+    """The random-weight model could not be generated."""
+
+
+class ModelSpecError(CpuVllmError, ValueError):
+    """A `ModelSpec` holds values vLLM on CPU cannot serve."""
+
+
+class ServerError(CpuVllmError):
+    """The vLLM server failed to start, died, or could not be stopped."""
+
+
+class ServerStartTimeout(ServerError, TimeoutError):
+    """The vLLM server did not answer within the startup timeout."""
+
+
+class MetricsError(CpuVllmError, ValueError):
+    """vLLM's /metrics text lacks a metric we need or holds an unexpected value."""

@@ -1,0 +1,72 @@
+"""Typed errors of the scheduler; the HTTP edge converts them to OpenAI-style error bodies."""
+
+from __future__ import annotations
+
+
+class SchedulerError(Exception):
+    """Root of every error raised by thunder_sched."""
+
+    status_code: int = 500
+    error_type: str = "scheduler_error"
+
+
+class ConfigError(SchedulerError, ValueError):
+    """A configuration value is invalid."""
+
+    status_code = 500
+    error_type = "config_error"
+
+
+class BadRequestError(SchedulerError, ValueError):
+    """The client sent something the scheduler cannot act on."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class ProgramNotFoundError(SchedulerError, KeyError):
+    """No live program has this id."""
+
+    status_code = 404
+    error_type = "program_not_found"
+
+    def __init__(self, program_id: str) -> None:
+        super().__init__(f"no live program {program_id!r} (never seen, released or expired)")
+        self.program_id = program_id
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class ProgramTerminatedError(SchedulerError):
+    """The program ended while one of its requests was waiting to be admitted."""
+
+    status_code = 409
+    error_type = "program_terminated"
+
+    def __init__(self, program_id: str, reason: str) -> None:
+        super().__init__(
+            f"program {program_id!r} was terminated ({reason}) while this request waited; "
+            "start a new program id to continue"
+        )
+        self.program_id = program_id
+        self.reason = reason
+
+
+class NoBackendError(SchedulerError):
+    """No healthy backend with a known KV capacity is available."""
+
+    status_code = 503
+    error_type = "no_backend_available"
+
+
+class BackendError(SchedulerError, ConnectionError):
+    """A backend could not be reached or failed mid-request."""
+
+    status_code = 502
+    error_type = "backend_error"
+
+    def __init__(self, backend: str, detail: str) -> None:
+        super().__init__(f"backend {backend} failed: {detail}")
+        self.backend = backend
+        self.detail = detail

@@ -1,0 +1,44 @@
+"""Tool events from the environment manager (in-process objects or the HTTP endpoint's body)."""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ToolEventLike(Protocol):
+    """What the in-process listener accepts: any object with these attributes."""
+
+    kind: str
+    program_id: str
+    sandbox_id: str | None
+    tool: str | None
+    duration_s: float | None
+    exit_code: int | None
+    time: float | None
+
+
+class ToolEventBody(BaseModel):
+    """Body of POST /programs/{id}/events; the program id comes from the path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["tool_start", "tool_end"]
+    sandbox_id: str | None = Field(None, max_length=256)
+    tool: str | None = Field(None, max_length=256)
+    duration_s: float | None = Field(None, ge=0)
+    exit_code: int | None = None
+    time: float | None = Field(None, description="sender's wall-clock time; informational")
+
+
+class ToolEvent(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["tool_start", "tool_end"]
+    program_id: str = Field(min_length=1, max_length=256)
+    sandbox_id: str | None = None
+    tool: str | None = None
+    duration_s: float | None = None
+    exit_code: int | None = None
+    time: float | None = None

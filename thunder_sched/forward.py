@@ -1,0 +1,235 @@
+"""Forwarding one OpenAI request to the backend the scheduler chose, streaming without buffering.
+
+Every exit path (done, client gone, backend error, cancellation) ends the request's lease exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import anyio
+import httpx
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from thunder_sched.errors import BackendError, BadRequestError, NoBackendError
+from thunder_sched.scheduler import Lease, Scheduler
+from thunder_sched.sse import UsageTracker, parse_usage
+from thunder_sched.tokens import Endpoint
+
+log = logging.getLogger(__name__)
+
+PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
+_FORWARDED_HEADERS = ("authorization", "x-request-id")
+T = TypeVar("T")
+
+
+class ClientGoneError(Exception):
+    """The client disconnected before a response started."""
+
+
+def forward_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    out = {"content-type": "application/json"}
+    for name in _FORWARDED_HEADERS:
+        if name in headers:
+            out[name] = headers[name]
+    return out
+
+
+async def read_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequestError(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequestError("request body must be a JSON object")
+    return body
+
+
+def take_program_id(body: dict[str, Any], headers: Mapping[str, str]) -> str | None:
+    """`program_id` from the body (what `extra_body` sends; removed before forwarding) or X-Program-Id."""
+    from_body = body.pop("program_id", None)
+    from_header = headers.get("x-program-id")
+    if from_body is not None and not isinstance(from_body, str | int):
+        raise BadRequestError("program_id must be a string")
+    pid = str(from_body) if from_body is not None else from_header
+    if from_body is not None and from_header is not None and str(from_body) != from_header:
+        raise BadRequestError(f"program_id {from_body!r} in the body differs from X-Program-Id {from_header!r}")
+    if pid is not None and not pid.strip():
+        raise BadRequestError("program_id must not be empty")
+    return pid
+
+
+async def until_disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it if the client goes away first (a held request must not outlive it)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(until_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise ClientGoneError
+    finally:
+        for t in (watcher, task):
+            if not t.done():
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+
+
+async def open_upstream(
+    scheduler: Scheduler, program_id: str | None, endpoint: Endpoint, body: dict[str, Any], headers: dict[str, str]
+) -> tuple[Lease, httpx.Response]:
+    """Admit the request (waiting while its program is paused) and open the upstream response.
+    A refused connection marks the backend down and retries on another one: nothing was sent yet."""
+    payload = json.dumps(body).encode()
+    last_error = "no attempt"
+    for _ in range(len(scheduler.config.backends) + 1):
+        lease = await scheduler.admit(program_id, endpoint, body)
+        url = lease.backend + PATHS[endpoint]
+        try:
+            request = scheduler.client.build_request("POST", url, content=payload, headers=headers)
+            response = await scheduler.client.send(request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            last_error = f"{type(exc).__name__}: {exc}"
+            scheduler.finish(lease, usage=None, completed=False, backend_error=last_error, definitive=True)
+            continue
+        except httpx.HTTPError as exc:
+            scheduler.finish(lease, usage=None, completed=False, backend_error=f"{type(exc).__name__}: {exc}")
+            raise BackendError(lease.backend, f"{type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            scheduler.finish(lease, usage=None, completed=False)
+            raise
+        return lease, response
+    raise NoBackendError(f"every backend refused the connection; last error: {last_error}")
+
+
+async def complete(scheduler: Scheduler, lease: Lease, upstream: httpx.Response) -> Response:
+    """Non-streaming: relay the backend's bytes unchanged, reading `usage` on the way."""
+    usage, completed, error = None, False, None
+    try:
+        content = await upstream.aread()
+        if upstream.status_code == 200:
+            with contextlib.suppress(ValueError):
+                usage = parse_usage(json.loads(content).get("usage"))
+            completed = True
+        return Response(content, status_code=upstream.status_code, media_type=_media_type(upstream))
+    except httpx.HTTPError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise BackendError(lease.backend, error) from exc
+    finally:
+        scheduler.finish(lease, usage=usage, completed=completed, backend_error=error)
+        await upstream.aclose()
+
+
+def _media_type(upstream: httpx.Response) -> str:
+    return upstream.headers.get("content-type", "application/json")
+
+
+class FinalizingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that always runs `finalize`, including when the client disconnects."""
+
+    def __init__(self, content: AsyncIterator[bytes], *, finalize: Callable[[], Awaitable[None]], **kw: Any):
+        super().__init__(content, **kw)
+        self._finalize = finalize
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._finalize()
+
+
+async def stream(scheduler: Scheduler, lease: Lease, upstream: httpx.Response, *, strip_usage: bool) -> Response:
+    if upstream.status_code != 200:  # an error body, not a stream: relay it whole
+        return await complete(scheduler, lease, upstream)
+    tracker = UsageTracker(strip_usage_chunk=strip_usage)
+    errors: list[str] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in upstream.aiter_bytes():
+                out = tracker.feed(chunk)
+                if out:
+                    yield out
+            tail = tracker.flush()
+            if tail:
+                yield tail
+        except httpx.HTTPError as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+            log.warning("stream from %s broke: %s", lease.backend, errors[-1])
+            message = {
+                "error": {
+                    "message": f"backend {lease.backend} failed mid-stream: {errors[-1]}",
+                    "type": BackendError.error_type,
+                    "code": 502,
+                }
+            }
+            yield f"data: {json.dumps(message)}\n\n".encode()
+
+    iterator = body()
+
+    async def finalize() -> None:
+        scheduler.finish(
+            lease,
+            usage=tracker.usage,
+            completion_estimate=tracker.content_events,
+            completed=tracker.finished and not errors,
+            backend_error=errors[0] if errors else None,
+        )
+        with contextlib.suppress(RuntimeError):  # already closed, or closed by the failing iteration
+            await iterator.aclose()
+        await upstream.aclose()  # tells vLLM to abort the request if it is still generating
+
+    return FinalizingStreamingResponse(iterator, finalize=finalize, status_code=200, media_type=_media_type(upstream))
+
+
+async def proxy_completion(scheduler: Scheduler, request: Request, endpoint: Endpoint) -> Response:
+    body = await read_body(request)
+    program_id = take_program_id(body, request.headers)
+    strip_usage = False
+    if body.get("stream") is True:
+        options = body.get("stream_options")
+        if options is not None and not isinstance(options, dict):
+            raise BadRequestError("stream_options must be an object")
+        options = dict(options or {})
+        if options.get("include_usage") is not True:
+            strip_usage = True  # we need usage for exact token counts; the client did not ask for it
+            options["include_usage"] = True
+        body["stream_options"] = options
+    headers = forward_headers(request.headers)
+    lease, upstream = await unless_disconnected(request, open_upstream(scheduler, program_id, endpoint, body, headers))
+    if body.get("stream") is True:
+        return await stream(scheduler, lease, upstream, strip_usage=strip_usage)
+    return await unless_disconnected(request, complete(scheduler, lease, upstream))
+
+
+async def proxy_get(scheduler: Scheduler, path: str, headers: Mapping[str, str]) -> Response:
+    """A plain GET (e.g. /v1/models) to the first usable backend."""
+    usable = scheduler.backends.usable() or [b for b in scheduler.backends.backends.values() if b.healthy]
+    if not usable:
+        raise NoBackendError("no healthy backend to answer " + path)
+    url = usable[0].url + path
+    try:
+        resp = await scheduler.client.get(url, headers=forward_headers(headers))
+    except httpx.HTTPError as exc:
+        raise BackendError(usable[0].url, f"{type(exc).__name__}: {exc}") from exc
+    return Response(resp.content, status_code=resp.status_code, media_type=_media_type(resp))

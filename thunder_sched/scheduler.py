@@ -1,0 +1,423 @@
+"""The scheduler: owns program and backend state, applies the pure policy, holds and admits requests.
+
+Everything here runs on one event loop; state changes happen between awaits, so no locks are needed.
+The check (`reschedule`) runs every interval, on request arrival and end, and on tool_end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from thunder_sched.backends import BackendPool, HealthChange
+from thunder_sched.config import SchedulerConfig
+from thunder_sched.errors import BadRequestError, NoBackendError, ProgramNotFoundError, ProgramTerminatedError
+from thunder_sched.events import ToolEventLike
+from thunder_sched.notifier import ProgramEndCallback, ProgramEndNotifier
+from thunder_sched.policy import Decisions, PauseReason, Phase, Status, backend_loads, decide
+from thunder_sched.program import Program, ProgramInfo, Usage
+from thunder_sched.tokens import CharsPerToken, Endpoint, prompt_chars, prompt_token_ids_count, tokenize_count
+
+log = logging.getLogger(__name__)
+
+MAX_PROGRAM_ID = 256
+
+
+@dataclass(eq=False, slots=True)
+class Lease:
+    """One admitted request: the program and the backend it must go to. `Scheduler.finish` ends it."""
+
+    program: Program
+    backend: str
+    prompt_chars: int
+    estimated_tokens: int
+    done: bool = False
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    pauses: Counter[str] = field(default_factory=Counter)
+    restores: int = 0
+    admissions: int = 0
+    terminated: Counter[str] = field(default_factory=Counter)
+    kv_lost: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Counts for /metrics."""
+
+    active: int
+    paused: int
+    waiting: int
+    backend_capacity: dict[str, int]
+    backend_used: dict[str, float]
+    backend_healthy: dict[str, bool]
+
+
+class Scheduler:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        *,
+        on_program_end: ProgramEndCallback | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.backends = BackendPool(
+            config.backends, timeout_s=config.backend_timeout_s, failures_to_down=config.backend_failures_to_down
+        )
+        self.stats = SchedulerStats()
+        self._clock = clock
+        self._programs: dict[str, Program] = {}
+        self._terminated: OrderedDict[str, ProgramInfo] = OrderedDict()
+        self._notifier = ProgramEndNotifier(on_program_end, config.env_manager_url)
+        self._chars_per_token = CharsPerToken(config.default_chars_per_token)
+        self._client: httpx.AsyncClient | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._unusable_since: float | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError("scheduler not started: run the app's lifespan (or await Scheduler.start)")
+        return self._client
+
+    async def start(self, client: httpx.AsyncClient) -> None:
+        """Read every backend's capacity once, then run the periodic check and refresh loops."""
+        self._client = client
+        self._notifier.bind(client)
+        for change in await self.backends.refresh(client):
+            self._on_health(change)
+        self._tasks = [
+            asyncio.create_task(self._every(self.config.interval_s, self.tick), name="sched-check"),
+            asyncio.create_task(
+                self._every(self.config.backend_refresh_s, self.refresh_backends), name="sched-backends"
+            ),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self._notifier.close()
+        self._client = None
+
+    async def _every(self, period_s: float, job: Callable[[], Any]) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                result = job()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:  # a failed round must not stop scheduling
+                log.exception("periodic job %s failed", getattr(job, "__name__", job))
+
+    async def refresh_backends(self) -> None:
+        for change in await self.backends.refresh(self.client):
+            self._on_health(change)
+        self.reschedule()
+
+    def tick(self) -> Decisions:
+        self._expire_inactive()
+        return self.reschedule()
+
+    # ---- the check -------------------------------------------------------------------------------
+
+    def reschedule(self) -> Decisions:
+        """Snapshot, decide, apply. Synchronous: nothing can interleave."""
+        now = self._clock()
+        views = [p.view(now) for p in self._programs.values()]
+        decisions = decide(views, self.backends.views(), self.config.policy)
+        for pause in decisions.pauses:
+            self._pause(self._programs[pause.program_id], pause.reason, now)
+        for restore in decisions.restores:
+            self._restore(self._programs[restore.program_id], restore.backend, now)
+        return decisions
+
+    def _pause(self, p: Program, reason: PauseReason, now: float) -> None:
+        log.debug("pause %s on %s (%s, %d tokens)", p.program_id, p.backend, reason, p.tokens)
+        if reason is PauseReason.BACKEND_DOWN:
+            p.previous_backend = None  # its KV died with the backend: no affinity
+            p.kv_lost += 1
+            self.stats.kv_lost += 1
+        else:
+            p.previous_backend = p.backend
+        p.status = Status.PAUSED
+        p.backend = None
+        p.paused_at = now
+        p.pauses += 1
+        self.stats.pauses[reason.value] += 1
+        if p.held and p.ready_since is None:
+            p.ready_since = now
+        p.wake.clear()
+
+    def _restore(self, p: Program, backend: str, now: float) -> None:
+        log.debug("restore %s on %s (%d tokens)", p.program_id, backend, p.tokens)
+        p.status = Status.ACTIVE
+        p.backend = backend
+        p.activated_at = now
+        p.ready_since = None
+        if p.ever_active:
+            p.restores += 1
+            self.stats.restores += 1
+        else:
+            self.stats.admissions += 1
+        p.ever_active = True
+        p.wake.set()
+
+    def _on_health(self, change: HealthChange) -> None:
+        if not change.healthy:
+            for p in self._programs.values():
+                if p.previous_backend == change.url:
+                    p.previous_backend = None
+        self.reschedule()
+
+    # ---- request path ----------------------------------------------------------------------------
+
+    def _program(self, program_id: str, *, ephemeral: bool = False) -> Program:
+        p = self._programs.get(program_id)
+        if p is None:
+            now = self._clock()
+            p = Program(program_id, created_at=now, ephemeral=ephemeral, acting_since=now, last_activity=now)
+            self._programs[program_id] = p
+            self._terminated.pop(program_id, None)  # a released id reused: a new program
+        return p
+
+    async def _estimate(self, program: Program | None, endpoint: Endpoint, body: dict[str, Any]) -> tuple[int, int]:
+        chars = prompt_chars(endpoint, body)
+        exact = prompt_token_ids_count(endpoint, body)
+        if exact is not None:
+            return chars, exact
+        first = program is None or not program.tokens_exact
+        if first and program is not None and self.config.tokenize_first_request:
+            usable = self.backends.usable()
+            if usable:
+                counted = await tokenize_count(
+                    self.client, usable[0].url, endpoint, body, self.config.backend_timeout_s
+                )
+                if counted is not None:
+                    return chars, counted
+        ratio = program.chars_per_token if program is not None else None
+        return chars, self._chars_per_token.estimate(chars, ratio)
+
+    async def admit(self, program_id: str | None, endpoint: Endpoint, body: dict[str, Any]) -> Lease:
+        """Register the request with its program and wait until the program is ACTIVE on a usable backend.
+        A paused program's request is held here, without error, until the policy restores it."""
+        if program_id is not None and not (0 < len(program_id) <= MAX_PROGRAM_ID):
+            raise BadRequestError(f"program_id must be 1..{MAX_PROGRAM_ID} characters")
+        ephemeral = program_id is None
+        pid = program_id if program_id is not None else f"anon-{uuid.uuid4().hex}"
+        chars, estimate = await self._estimate(None if ephemeral else self._program(pid), endpoint, body)
+        p = self._program(pid, ephemeral=ephemeral)  # may have been released during the estimate
+        now = self._clock()
+        p.held += 1
+        p.last_activity = now
+        p.tokens = max(estimate, 1)
+        p.tokens_exact = False
+        if p.status is Status.PAUSED and p.ready_since is None:
+            p.ready_since = now
+        try:
+            self.reschedule()
+            backend = await self._wait_active(p)
+        finally:
+            p.held -= 1
+            if p.held == 0:
+                p.ready_since = None
+        p.in_flight[backend] = p.in_flight.get(backend, 0) + 1
+        return Lease(p, backend, chars, p.tokens)
+
+    async def _wait_active(self, p: Program) -> str:
+        while True:
+            if p.status is Status.TERMINATED:
+                raise ProgramTerminatedError(p.program_id, p.terminated_reason or "terminated")
+            if p.status is Status.ACTIVE and p.backend is not None:
+                if self.backends.get(p.backend).healthy:
+                    return p.backend
+                self.reschedule()  # its backend went down: the policy moves it to the queue
+                continue
+            self._check_backends_usable()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(p.wake.wait(), timeout=min(1.0, self.config.interval_s))
+
+    def _check_backends_usable(self) -> None:
+        now = self._clock()
+        if self.backends.usable():
+            self._unusable_since = None
+            return
+        if self._unusable_since is None:
+            self._unusable_since = now
+        elif now - self._unusable_since > self.config.no_backend_timeout_s:
+            states = ", ".join(
+                f"{b.url} ({'up' if b.healthy else 'down'}, capacity {b.capacity}, {b.last_error or 'no error'})"
+                for b in self.backends.backends.values()
+            )
+            raise NoBackendError(
+                f"no usable backend for {self.config.no_backend_timeout_s:.0f}s: {states}; "
+                "check that the vLLM servers run and expose vllm:cache_config_info on /metrics"
+            )
+
+    def finish(
+        self,
+        lease: Lease,
+        *,
+        usage: Usage | None,
+        completion_estimate: int = 0,
+        completed: bool,
+        backend_error: str | None = None,
+        definitive: bool = False,
+    ) -> None:
+        """End one request, whatever happened to it (done, client gone, backend failure). Idempotent."""
+        if lease.done:
+            return
+        lease.done = True
+        p, now = lease.program, self._clock()
+        left = p.in_flight.get(lease.backend, 0) - 1
+        if left > 0:
+            p.in_flight[lease.backend] = left
+        else:
+            p.in_flight.pop(lease.backend, None)
+        if usage is not None:
+            p.tokens = usage.prompt_tokens + usage.completion_tokens
+            p.tokens_exact = True
+            ratio = self._chars_per_token.observe(lease.prompt_chars, usage.prompt_tokens)
+            if ratio is not None:
+                p.chars_per_token = ratio
+        else:
+            p.tokens = lease.estimated_tokens + completion_estimate
+            p.tokens_exact = False
+        if completed:
+            p.steps += 1
+        p.last_activity = now
+        if p.phase is Phase.ACTING:
+            p.acting_since = now
+        if backend_error is not None:
+            change = self.backends.report_failure(lease.backend, backend_error, definitive=definitive)
+            if change is not None:
+                self._on_health(change)
+        if p.status is Status.TERMINATED:
+            return
+        if p.ephemeral and not p.running and not p.held:
+            self._terminate(p, "one-step request done")
+        self.reschedule()
+
+    # ---- tool events -----------------------------------------------------------------------------
+
+    async def on_tool_event(self, event: ToolEventLike) -> None:
+        """In-process listener for the env manager's tool_start / tool_end events."""
+        kind = getattr(event, "kind", None)
+        pid = getattr(event, "program_id", None)
+        if kind not in ("tool_start", "tool_end"):
+            raise BadRequestError(f"tool event kind must be 'tool_start' or 'tool_end', got {kind!r}")
+        if not isinstance(pid, str) or not (0 < len(pid) <= MAX_PROGRAM_ID):
+            raise BadRequestError(f"tool event program_id must be 1..{MAX_PROGRAM_ID} characters, got {pid!r}")
+        if pid in self._terminated:
+            log.debug("ignoring %s for terminated program %s", kind, pid)
+            return
+        p = self._program(pid)
+        now = self._clock()
+        p.last_activity = now
+        sandbox = getattr(event, "sandbox_id", None)
+        if sandbox:
+            p.sandboxes.add(str(sandbox))
+        if getattr(event, "tool", None):
+            p.last_tool = str(event.tool)
+        if kind == "tool_start":
+            p.tools_running += 1
+            if not p.running and not p.held:
+                p.acting_since = now  # t of equation 7 is the tool's execution time
+            return
+        p.tools_running = max(0, p.tools_running - 1)
+        p.last_tool_duration_s = getattr(event, "duration_s", None)
+        p.last_exit_code = getattr(event, "exit_code", None)
+        if not p.running and not p.held:
+            # The tool is done: the agent is about to reason again, so its cache weighs in full.
+            p.acting_since = now
+        self.reschedule()
+
+    # ---- program end -----------------------------------------------------------------------------
+
+    def release(self, program_id: str) -> ProgramInfo:
+        p = self._programs.get(program_id)
+        if p is None:
+            raise ProgramNotFoundError(program_id)
+        info = self._terminate(p, "released")
+        self.reschedule()
+        return info
+
+    def _terminate(self, p: Program, reason: str) -> ProgramInfo:
+        now = self._clock()
+        p.previous_backend = p.backend or p.previous_backend
+        p.status = Status.TERMINATED
+        p.backend = None
+        p.terminated_reason = reason
+        p.wake.set()  # held requests see TERMINATED and fail with a clear error
+        del self._programs[p.program_id]
+        self.stats.terminated[reason] += 1
+        info = p.info(now)
+        if self.config.terminated_history:
+            self._terminated[p.program_id] = info
+            while len(self._terminated) > self.config.terminated_history:
+                self._terminated.popitem(last=False)
+        if not p.ephemeral:
+            self._notifier.notify(p.program_id)
+        log.info("program %s terminated (%s) after %d steps", p.program_id, reason, p.steps)
+        return info
+
+    def _expire_inactive(self) -> None:
+        now = self._clock()
+        limit = self.config.inactivity_timeout_s
+        idle = [
+            p
+            for p in self._programs.values()
+            if not p.running and not p.held and not p.tools_running and now - p.last_activity > limit
+        ]
+        for p in idle:
+            self._terminate(p, f"inactive for more than {limit:.0f}s")
+
+    # ---- views -----------------------------------------------------------------------------------
+
+    def programs(self, *, include_terminated: bool = False) -> list[ProgramInfo]:
+        now = self._clock()
+        live = [p.info(now) for p in self._programs.values()]
+        return [*live, *self._terminated.values()] if include_terminated else live
+
+    def program(self, program_id: str) -> ProgramInfo:
+        p = self._programs.get(program_id)
+        if p is not None:
+            return p.info(self._clock())
+        if program_id in self._terminated:
+            return self._terminated[program_id]
+        raise ProgramNotFoundError(program_id)
+
+    def snapshot(self) -> Snapshot:
+        now = self._clock()
+        views = [p.view(now) for p in self._programs.values()]
+        loads = backend_loads(views, self.config.policy)
+        backends = self.backends.backends.values()
+        return Snapshot(
+            active=sum(v.status is Status.ACTIVE for v in views),
+            paused=sum(v.status is Status.PAUSED for v in views),
+            waiting=sum(v.ready for v in views),
+            backend_capacity={b.url: b.capacity for b in backends},
+            backend_used={b.url: loads.get(b.url, 0.0) for b in backends},
+            backend_healthy={b.url: b.healthy for b in backends},
+        )
+
+    @property
+    def notifier_failures(self) -> int:
+        return self._notifier.failures
