@@ -24,7 +24,7 @@ async def _require_engine_and_images() -> None:
     try:
         async with aiodocker.Docker() as docker:
             await docker.version()
-            for image in (BASE_IMAGE,):  # TEMP
+            for image in (BASE_IMAGE, PYTHON_IMAGE):
                 try:
                     await docker.images.inspect(image)
                 except aiodocker.DockerError:
