@@ -32,6 +32,7 @@ from thunder_env.images.engine import (
     inspect_image,
     ping,
     remove_image,
+    sweep_old_images,
 )
 from thunder_env.images.errors import ImageBuildError, ImageError
 from thunder_env.images.hashing import file_sha256, recipe_hash
@@ -146,25 +147,47 @@ async def _build(docker: aiodocker.Docker, plan: _Plan, options: BuildOptions) -
     try:
         # mkdtemp makes 0700 folders; this one becomes the image's "/".
         await asyncio.to_thread(os.chmod, target, 0o755)
+        cache = options.work_dir / "debs" if options.cache_debs else None
+        t0 = time.monotonic()
         await debootstrap.run_debootstrap(
-            recipe.name,
-            spec,
-            plan.source,
-            plan.params["arch"],
-            target,
-            options.work_dir / "debs" if options.cache_debs else None,
-            options.debootstrap_timeout_s,
+            recipe.name, spec, plan.source, plan.params["arch"], target, cache, options.debootstrap_timeout_s
         )
-        log.info("%s: finishing the root filesystem", recipe.name)
+        if cache is not None:
+            await asyncio.to_thread(debootstrap.trim_deb_cache, cache, target)
+        t1 = time.monotonic()
+        log.info("%s: debootstrap took %.1f s; finishing the root filesystem", recipe.name, t1 - t0)
         await asyncio.to_thread(finish.finish_tree, target, spec, recipe.name)
-        log.info("%s: importing into the Docker Engine", recipe.name)
-        return await treetar.import_tree(docker, recipe.name, target, changes)
+        image_id = await treetar.import_tree(docker, recipe.name, target, changes)
+        log.info("%s: finishing and docker import took %.1f s", recipe.name, time.monotonic() - t1)
+        return image_id
     finally:
         await asyncio.shield(debootstrap.remove_tree(target))
 
 
+def _lock_path(recipe: Recipe, options: BuildOptions) -> Path:
+    return options.work_dir / "locks" / f"{recipe.name}.lock"
+
+
 def _up_to_date(info: Mapping[str, Any] | None, digest: str) -> bool:
     return image_labels(info).get(HASH_LABEL) == digest
+
+
+def _skipped(recipe: Recipe, plan: _Plan, info: Mapping[str, Any], started: float) -> BuildResult:
+    return BuildResult(
+        recipe.name, recipe.tag, "skipped", info["Id"], plan.recipe_hash,
+        time.monotonic() - started, int(info.get("Size", 0)),
+    )  # fmt: skip
+
+
+async def _sweep_if_idle(docker: aiodocker.Docker, recipe: Recipe, keep: str, options: BuildOptions) -> None:
+    # Sweeping while another process builds could delete its not yet tagged image; and a caller
+    # who cannot write the lock folder (not root) still gets its answer, unswept.
+    try:
+        async with file_lock(_lock_path(recipe, options), wait=False) as held:
+            if held:
+                await sweep_old_images(docker, recipe.name, keep=keep)
+    except OSError as exc:
+        log.debug("%s: old images not swept: %s", recipe.name, exc)
 
 
 async def ensure_image(
@@ -178,19 +201,17 @@ async def ensure_image(
     if not force and _up_to_date(info, plan.recipe_hash):
         assert info is not None
         log.info("%s: %s is up to date", recipe.name, recipe.tag)
-        return BuildResult(
-            recipe.name, recipe.tag, "skipped", info["Id"], plan.recipe_hash,
-            time.monotonic() - started, int(info.get("Size", 0)),
-        )  # fmt: skip
-    lock = options.work_dir / "locks" / f"{recipe.name}.lock"
-    async with file_lock(lock, on_wait=lambda: log.info("%s: waiting for another build", recipe.name)):
+        await _sweep_if_idle(docker, recipe, info["Id"], options)
+        return _skipped(recipe, plan, info, started)
+
+    def waiting() -> None:
+        log.info("%s: waiting for another build of it to finish", recipe.name)
+
+    async with file_lock(_lock_path(recipe, options), on_wait=waiting):
         info = await inspect_image(docker, recipe.tag)
         if not force and _up_to_date(info, plan.recipe_hash):
             assert info is not None  # another process built it while we waited
-            return BuildResult(
-                recipe.name, recipe.tag, "skipped", info["Id"], plan.recipe_hash,
-                time.monotonic() - started, int(info.get("Size", 0)),
-            )  # fmt: skip
+            return _skipped(recipe, plan, info, started)
         log.info("%s: building %s (recipe hash %s)", recipe.name, recipe.tag, plan.recipe_hash[:12])
         image_id = await _build(docker, plan, options)
         try:
@@ -202,10 +223,11 @@ async def ensure_image(
         except BaseException:
             await asyncio.shield(remove_image(docker, image_id))
             raise
-    previous = info["Id"] if info and info["Id"] != image_id else None
-    removed = await remove_image(docker, previous) if previous else False
-    if previous and not removed:
-        log.warning("%s: previous image %s is still in use; it stays until unused", recipe.name, previous)
+        previous = info["Id"] if info and info["Id"] != image_id else None
+        removed = await remove_image(docker, previous) if previous else False
+        if previous and not removed:
+            log.info("%s: previous image %s is still in use; a later run removes it", recipe.name, previous)
+        await sweep_old_images(docker, recipe.name, keep=image_id)
     assert built is not None
     seconds = time.monotonic() - started
     log.info("%s: built %s in %.1f s", recipe.name, recipe.tag, seconds)

@@ -46,7 +46,9 @@ def check_static_elf(data: bytes, path: str = "busybox") -> None:
         raise ToolMissingError("busybox", _PACKAGE, f"{path} is a truncated ELF file") from exc
     if _PT_INTERP in types:
         raise ToolMissingError(
-            "busybox", _PACKAGE, f"{path} is dynamically linked (package busybox, not busybox-static)"
+            "busybox",
+            _PACKAGE,
+            f"{path} is dynamically linked; the image has no C library, so it needs the static build",
         )
 
 

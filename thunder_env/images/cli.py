@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiodocker
 
@@ -81,6 +83,29 @@ async def _status(args: argparse.Namespace, options: BuildOptions) -> int:
     return 0 if all(s.state == "present" for s in statuses) else EXIT_NOT_CURRENT
 
 
+async def _cancel_on_sigterm(work: Coroutine[Any, Any, int]) -> int:
+    """SIGTERM (a CI time limit, `timeout`, `kill`) cancels the work like Ctrl-C does, so a build
+    stops its debootstrap and removes its scratch tree instead of dying mid-way."""
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    terminated: list[bool] = []
+
+    def on_sigterm() -> None:
+        terminated.append(True)
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if terminated:
+            print("terminated; partial work was cleaned up", file=sys.stderr)
+            return 128 + signal.SIGTERM
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -96,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     command = _build if args.command == "build" else _status
     try:
-        return asyncio.run(command(args, options))
+        return asyncio.run(_cancel_on_sigterm(command(args, options)))
     except ThunderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

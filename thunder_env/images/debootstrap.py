@@ -8,10 +8,12 @@ so every removal here unmounts first and refuses to delete anything still mounte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import platform
 import shutil
+import signal
 from pathlib import Path
 
 from thunder_env.images import procs
@@ -69,7 +71,7 @@ def resolve_source(recipe: DebootstrapRecipe, mirror: str | None, suite: str | N
         components=recipe.components,
     )
     if suite and chosen.suite != suite:
-        chosen = DebianSource(chosen.mirror, suite, chosen.keyring, chosen.origin)
+        chosen = DebianSource(chosen.mirror, suite, chosen.keyring, f"mirror from {chosen.origin}")
     if mirror:
         chosen = DebianSource(mirror.rstrip("/"), chosen.suite, None, "command line")
     return chosen
@@ -93,17 +95,18 @@ def debootstrap_params(source: DebianSource, arch: str) -> dict[str, str]:
     return {"kind": "debootstrap", "suite": source.suite, "arch": arch}
 
 
-def check_can_run(source: DebianSource) -> Path:
-    """The debootstrap binary, after checking that a run can succeed here."""
+def check_can_run(recipe_name: str, source: DebianSource) -> Path:
+    """The debootstrap binary, after checking that a run can succeed here. Blocking (stat, listdir)."""
     binary = debootstrap_binary()
     if os.geteuid() != 0:
         raise RootRequiredError("debootstrap")
     suites = known_suites()
     if suites and source.suite not in suites:
-        raise ToolMissingError(
+        raise ImageBuildError(
+            recipe_name,
             "debootstrap",
-            "debootstrap",
-            f"this debootstrap has no script for suite {source.suite!r}; upgrade it or pass --suite",
+            f"this debootstrap knows no suite {source.suite!r} (from {source.origin}); fix --suite or "
+            "the apt sources, or upgrade debootstrap (`apt-get install debootstrap`) for a newer release",
         )
     return binary
 
@@ -118,7 +121,7 @@ async def run_debootstrap(
     time_limit_s: float | None,
 ) -> None:
     """debootstrap into ``target`` (an empty folder), as an asyncio subprocess."""
-    binary = check_can_run(source)
+    binary = await asyncio.to_thread(check_can_run, recipe_name, source)
     argv = [str(binary), f"--variant={recipe.variant}", f"--arch={arch}"]
     argv.append(f"--components={','.join(recipe.components)}")
     if recipe.include:
@@ -184,9 +187,53 @@ async def remove_tree(path: Path) -> None:
     await asyncio.to_thread(shutil.rmtree, path)
 
 
+def processes_using(path: Path, proc_dir: Path = Path("/proc")) -> list[int]:
+    """Processes chrooted into ``path`` or naming it on their command line (an orphaned
+    debootstrap and its dpkg children). Blocking: run in a thread."""
+    root = os.path.realpath(path)
+    me = os.getpid()
+    found = []
+    for entry in proc_dir.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            chroot = os.readlink(entry / "root")
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or not ours to inspect
+            continue
+        inside = chroot == root or chroot.startswith(root + "/")
+        if inside or any(a == root.encode() or a.startswith(root.encode() + b"/") for a in argv):
+            found.append(int(entry.name))
+    return found
+
+
 async def remove_stale_trees(work_dir: Path, prefix: str) -> None:
-    """Delete trees a crashed earlier build left behind (call while holding the recipe's lock)."""
+    """Delete trees a crashed earlier build left behind (call while holding the recipe's lock).
+
+    A build killed with SIGKILL leaves its debootstrap running on its own; it is stopped first
+    so that nothing writes into (or mounts under) a tree being deleted.
+    """
     stale = await asyncio.to_thread(lambda: sorted(work_dir.glob(prefix + "*")))
     for path in stale:
         log.info("removing %s left by an interrupted build", path)
+        for _ in range(20):
+            pids = await asyncio.to_thread(processes_using, path)
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            await asyncio.sleep(0.1)
         await remove_tree(path)
+
+
+def trim_deb_cache(cache_dir: Path, target: Path) -> int:
+    """Keep only the .debs the build just used (debootstrap leaves them in the target's apt
+    archive), so the cache never grows past one build's worth. Blocking: run in a thread."""
+    used = {p.name for p in (target / "var/cache/apt/archives").glob("*.deb")}
+    removed = 0
+    for deb in cache_dir.glob("*.deb"):
+        if used and deb.name not in used:
+            deb.unlink()
+            removed += 1
+    return removed

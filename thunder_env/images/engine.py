@@ -64,7 +64,7 @@ async def import_rootfs(
     (images/create?fromSrc=-), so this goes through the client's own chunked-upload helper.
     The engine joins the change lines into one Dockerfile, hence a single newline-joined value.
     """
-    params = {"fromSrc": "-", "changes": "\n".join(changes), "message": f"thunder recipe {recipe}"}
+    params = {"fromSrc": "-", "changes": "\n".join(changes), "message": import_message(recipe)}
     try:
         async with docker._query_chunked_post(
             "images/create",
@@ -106,3 +106,25 @@ async def remove_image(docker: aiodocker.Docker, image_id: str) -> bool:
             return False
         raise
     return True
+
+
+def import_message(recipe: str) -> str:
+    """The commit message `docker import` records; marks images this builder made."""
+    return f"thunder recipe {recipe}"
+
+
+async def sweep_old_images(docker: aiodocker.Docker, recipe: str, keep: str) -> list[str]:
+    """Remove untagged images an earlier build of ``recipe`` left because a container still used
+    them then. Only imported images with this builder's message go: an image committed from a
+    container inherits the labels but not the message, and is not ours to delete."""
+    removed = []
+    found = await docker.images.list(filters={"dangling": ["true"], "label": [f"{RECIPE_LABEL}={recipe}"]})
+    for item in found:
+        image_id = item.get("Id", "")
+        if not image_id or image_id == keep:
+            continue
+        info = await inspect_image(docker, image_id)
+        if info and info.get("Comment") == import_message(recipe) and not info.get("Parent"):
+            if await remove_image(docker, image_id):
+                removed.append(image_id)
+    return removed

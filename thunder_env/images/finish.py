@@ -78,7 +78,9 @@ def prune(root: Path, patterns: list[str], recipe_name: str = "") -> None:
 def add_user(root: Path, user: UserSpec, workdir: str, recipe_name: str = "") -> None:
     """Add the unprivileged user (files edited directly: no chroot, no host tools involved)."""
     tree = _Tree(root, recipe_name)
+    # Every path is checked before anything is written.
     passwd = tree.inside("etc/passwd")
+    home, skel, work = tree.inside(user.home), tree.inside("etc/skel"), tree.inside(workdir)
     for line in passwd.read_text().splitlines():
         fields = line.split(":")
         if fields[0] == user.name or (len(fields) > 2 and fields[2] == str(user.uid)):
@@ -95,12 +97,9 @@ def add_user(root: Path, user: UserSpec, workdir: str, recipe_name: str = "") ->
         if path.exists():
             with path.open("a") as f:
                 f.write(entry)
-    home = tree.inside(user.home)
-    skel = tree.inside("etc/skel")
     if skel.is_dir():
         shutil.copytree(skel, home, symlinks=True, dirs_exist_ok=True)
     home.mkdir(parents=True, exist_ok=True)
-    work = tree.inside(workdir)
     work.mkdir(parents=True, exist_ok=True)
     for path in [work, home, *home.rglob("*")]:
         os.lchown(path, user.uid, user.gid)

@@ -11,8 +11,13 @@ from pathlib import Path
 
 
 @contextlib.asynccontextmanager
-async def file_lock(path: Path, on_wait: Callable[[], None] | None = None, poll_s: float = 0.25) -> AsyncIterator[None]:
-    """Hold an exclusive ``flock`` on ``path``; the kernel drops it if the process dies."""
+async def file_lock(
+    path: Path, on_wait: Callable[[], None] | None = None, *, wait: bool = True, poll_s: float = 0.25
+) -> AsyncIterator[bool]:
+    """Hold an exclusive ``flock`` on ``path``; the kernel drops it if the process dies.
+
+    Yields True once held. With ``wait=False`` it yields False at once when another holds it.
+    """
     await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
     fd = await asyncio.to_thread(os.open, path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
@@ -22,10 +27,13 @@ async def file_lock(path: Path, on_wait: Callable[[], None] | None = None, poll_
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if not wait:
+                    yield False
+                    return
                 if not waiting and on_wait is not None:
                     on_wait()
                 waiting = True
                 await asyncio.sleep(poll_s)
-        yield
+        yield True
     finally:
         os.close(fd)
