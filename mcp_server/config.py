@@ -6,9 +6,18 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from thunder_env import SandboxSpec
+
 # Program ids travel in URL paths and headers: keep them to a safe, readable alphabet.
 PROGRAM_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
 PROGRAM_ID_RULE = "1-128 characters from A-Z a-z 0-9 . _ : @ + -, starting with a letter or digit"
+
+
+def default_templates() -> dict[str, SandboxSpec]:
+    return {
+        "python": SandboxSpec(image="thunder/python:latest"),
+        "base": SandboxSpec(image="thunder/base:latest", memory_bytes=256 << 20),
+    }
 
 
 def check_program_id(program_id: str) -> str:
@@ -27,6 +36,8 @@ class ServerConfig(BaseModel):
     # None on HTTP: an unbound request then uses its MCP session as its program.
     default_program_id: str | None = None
     default_image: str = "thunder/python:latest"
+    # Named starting points for sandbox_create(template=...): an image plus optional setup steps and limits.
+    templates: dict[str, SandboxSpec] = Field(default_factory=default_templates)
     # Images sandbox_create accepts; None: any image the local engine has.
     allowed_images: tuple[str, ...] | None = None
     max_sandboxes_per_program: int = Field(default=16, ge=1)
@@ -46,7 +57,7 @@ class ServerConfig(BaseModel):
     max_processes_per_program: int = Field(default=32, ge=1)
     file_read_default_lines: int = Field(default=2000, ge=1)
     file_read_max_bytes: int = Field(default=256 << 10, ge=1024)
-    file_write_max_bytes: int = Field(default=16 << 20, ge=1024)
+    file_write_max_bytes: int = Field(default=8 << 20, ge=1024)
     # File tools reach the sandbox's workdir and these directories (symlinks resolved in the sandbox).
     extra_file_roots: tuple[str, ...] = ("/tmp",)
     # A program with no tool call for this long is ended (None: never).
@@ -92,6 +103,8 @@ class HttpConfig(BaseModel):
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     session_idle_timeout_s: float = Field(default=1800.0, gt=0)
+    # Room for file_write's largest content once JSON-encoded.
+    max_request_body_bytes: int = Field(default=32 << 20, ge=1 << 20)
 
     @field_validator("program_tokens")
     @classmethod

@@ -6,7 +6,7 @@ second engine can reuse the operations API and the manager never knows which eng
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -59,6 +59,10 @@ class SandboxLifecycle(Protocol):
 
     async def storage_path(self) -> str | None:
         """Host path under which the engine stores sandbox disks, if it is on this host."""
+
+    async def remove_orphan_dirs(self, namespace: str, live_sandbox_ids: Collection[str]) -> list[str]:
+        """Remove host directories the backend made for sandboxes of ``namespace`` that are gone
+        (and whose maker is dead); returns their sandbox ids."""
 
 
 class SandboxOperations(Protocol):

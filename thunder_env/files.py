@@ -52,19 +52,25 @@ async def write_file(
 ) -> None:
     if path == "/" or path.endswith("/"):
         raise FileOperationError(path, "is a directory path; give a file name")
-    now = time.time()
+    parent, name = posixpath.split(path)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        # Parent directories as explicit entries so the engine creates any that are missing.
-        parts = path.strip("/").split("/")
-        for depth in range(1, len(parts)):
-            info = tarfile.TarInfo("/".join(parts[:depth]))
-            info.type, info.mode, info.mtime, info.uid, info.gid = tarfile.DIRTYPE, 0o755, now, uid, gid
-            tar.addfile(info)
-        info = tarfile.TarInfo("/".join(parts))
-        info.size, info.mode, info.mtime, info.uid, info.gid = len(data), mode, now, uid, gid
+        # The file alone: a directory entry would reset the mode and owner of an existing parent
+        # (/tmp would lose its 1777, a user's workdir would become root's).
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime, info.uid, info.gid = len(data), mode, time.time(), uid, gid
         tar.addfile(info, io.BytesIO(data))
-    await ops.put_archive(sandbox_id, "/", buffer.getvalue())
+    archive = buffer.getvalue()
+    try:
+        await ops.put_archive(sandbox_id, parent, archive)
+    except FileOperationError:
+        # Usually a missing parent: mkdir -p creates it and leaves existing ones alone; then retry once.
+        mkdir = await ops.exec(
+            sandbox_id, ExecRequest(argv=["mkdir", "-p", "--", parent], marker="mkdir-" + secrets.token_hex(6))
+        )
+        if mkdir.exit_code != 0:
+            raise FileOperationError(parent, mkdir.stderr.text.strip() or "cannot create the directory") from None
+        await ops.put_archive(sandbox_id, parent, archive)
 
 
 async def list_dir(ops: SandboxOperations, sandbox_id: str, path: str, user: str = "") -> list[FileEntry]:

@@ -27,11 +27,11 @@ from .errors import (
     SandboxNotFoundError,
 )
 from .events import EventBus, ToolEvent, ToolEventListener
-from .hostcheck import check_host_reserves
 from .leases import Lease, LeaseTable
 from .output import RollingBuffer
 from .ports import PortForwarder
 from .processes import BackgroundProcess
+from .provisioning import ProvisioningMixin
 from .reconcile import OwnerIdentity, ReconcileReport, reconcile_namespace
 from .results import ExecResult, FileEntry, OutputChunk, PortBinding, ProcessOutput, SandboxInfo
 from .spec import SandboxSpec
@@ -64,9 +64,10 @@ class _Sandbox:
     processes: dict[str, BackgroundProcess] = field(default_factory=dict)
     linger_task: asyncio.Task[None] | None = None
     busy: int = 0  # operations in flight: an idle reaper must not pull the floor from under them
+    origin: str = "cold"  # cold | warm | prepared | fork (see provisioning.py)
 
 
-class EnvManager:
+class EnvManager(ProvisioningMixin):
     """Use as ``async with EnvManager(DockerBackend()) as envs:``; closing destroys what it holds."""
 
     def __init__(
@@ -88,7 +89,9 @@ class EnvManager:
         self._processes: dict[str, BackgroundProcess] = {}
         self._storage_path: str | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._reaping: asyncio.Task[list[str]] | None = None
         self._closed = False
+        self._init_provisioning()
 
     # ----------------------------------------------------------------- lifecycle of the manager
 
@@ -108,10 +111,14 @@ class EnvManager:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
+        if self._reaping is not None:
+            # A reap in progress is reclaiming containers: let it finish rather than leak them.
+            await asyncio.gather(self._reaping, return_exceptions=True)
         for lease_owner in self._leases.programs():
             for lease in self._leases.of_program(lease_owner):
                 self._leases.remove(lease, "manager closed")
         await asyncio.gather(*(self._destroy(sb) for sb in list(self._sandboxes.values())), return_exceptions=True)
+        await self._close_provisioning()
 
     async def __aenter__(self) -> EnvManager:
         await self.start()
@@ -140,17 +147,19 @@ class EnvManager:
     # ----------------------------------------------------------------------- leases
 
     async def acquire(self, program_id: str, spec: SandboxSpec) -> Lease:
-        """A new sandbox for ``program_id`` (or a lingering one of the same spec)."""
+        """A sandbox for ``program_id``: a lingering one of the same spec, the one prepared for it,
+        a warm one from the spec's pool, or a new one (from the spec's template if it has setup steps)."""
         _check_program_id(program_id)
         for sandbox in self._sandboxes.values():
             if sandbox.state == "lingering" and sandbox.spec.key() == spec.key():
                 return self._lease(program_id, sandbox)
-        check_host_reserves(self._storage_path, self.config.min_free_disk_bytes, self.config.min_free_memory_bytes)
-        sandbox_id = "sb-" + secrets.token_hex(6)
-        handle = await self.backend.create(sandbox_id, spec, self.labels(program_id, sandbox_id))
+        handle, origin = await self._provision(program_id, spec)
+        return await self._adopt(program_id, spec, handle, origin)
+
+    async def _adopt(self, program_id: str, spec: SandboxSpec, handle: BackendSandbox, origin: str) -> Lease:
         now = self._clock()
-        sandbox = _Sandbox(sandbox_id, spec, handle, created_at=now, last_used_at=now)
-        self._sandboxes[sandbox_id] = sandbox
+        sandbox = _Sandbox(handle.sandbox_id, spec, handle, created_at=now, last_used_at=now, origin=origin)
+        self._sandboxes[handle.sandbox_id] = sandbox
         try:
             for port in spec.ports:
                 await self._open_port(sandbox, port)
@@ -182,6 +191,7 @@ class EnvManager:
                 if sandbox is not None:
                     orphaned.append(sandbox)
         await asyncio.gather(*(self._last_lease_gone(sb) for sb in orphaned))
+        await self._provisioning_end_program(program_id)
         return sum(1 for sb in orphaned if sb.sandbox_id not in self._sandboxes)
 
     def leases_of(self, program_id: str) -> list[Lease]:
@@ -198,6 +208,10 @@ class EnvManager:
 
     def sandbox_info(self, lease: Lease) -> SandboxInfo:
         return self._info(self._checked(lease))
+
+    def sandbox_spec(self, lease: Lease) -> SandboxSpec:
+        """The spec the leased sandbox was made from (its workdir, user, limits...)."""
+        return self._checked(lease).spec
 
     # ------------------------------------------------------------------- operations
 
@@ -494,12 +508,16 @@ class EnvManager:
             await self.backend.destroy(sandbox.sandbox_id)
         finally:
             self._sandboxes.pop(sandbox.sandbox_id, None)
+            await self._provisioning_sandbox_gone(sandbox.sandbox_id)
 
     async def _reap_forever(self) -> None:
         while True:
             await asyncio.sleep(self.config.reaper_interval_s)
+            self._reaping = asyncio.create_task(self.reap_idle())
             try:
-                await self.reap_idle()
+                await asyncio.shield(self._reaping)
+            except asyncio.CancelledError:
+                raise
             except Exception:
                 log.exception("idle reaper failed; retrying next interval")
 
@@ -532,6 +550,7 @@ class EnvManager:
             created_at=sandbox.created_at,
             last_used_at=sandbox.last_used_at,
             ports=tuple(fw.binding for fw in sandbox.forwarders.values()),
+            origin=sandbox.origin,
         )
 
 

@@ -53,6 +53,7 @@ class OwnerIdentity:
 class ReconcileReport:
     removed: list[ManagedResource] = field(default_factory=list)
     kept_live_owner: int = 0
+    removed_dirs: list[str] = field(default_factory=list)  # sandbox ids whose host directories went
 
     @property
     def removed_containers(self) -> int:
@@ -77,4 +78,7 @@ async def reconcile_namespace(backend: SandboxLifecycle, namespace: str, own_ins
         log.info("reconcile: removing orphaned %s %s", resource.kind, resource.resource_id[:12])
         await backend.remove_managed(resource)
         report.removed.append(resource)
+    gone = {r.resource_id for r in report.removed}
+    live = {r.labels.get("thunder.sandbox", "") for r in found if r.kind == "container" and r.resource_id not in gone}
+    report.removed_dirs = await backend.remove_orphan_dirs(namespace, live)
     return report

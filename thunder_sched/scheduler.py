@@ -85,6 +85,13 @@ class Scheduler:
         self._client: httpx.AsyncClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._unusable_since: float | None = None
+        self._restore_listeners: list[Callable[[str], None]] = []
+
+    def add_restore_listener(self, listener: Callable[[str], None]) -> None:
+        """Called synchronously with a program id just before a paused program is restored (not on its first
+        admission): the combined server prepares the program's environment while its held request runs.
+        Must not block; an exception is logged and ignored."""
+        self._restore_listeners.append(listener)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -168,6 +175,12 @@ class Scheduler:
 
     def _restore(self, p: Program, backend: str, now: float) -> None:
         log.debug("restore %s on %s (%d tokens)", p.program_id, backend, p.tokens)
+        if p.ever_active:
+            for listener in self._restore_listeners:
+                try:
+                    listener(p.program_id)
+                except Exception:  # a listener must never stop scheduling
+                    log.exception("restore listener failed for program %s", p.program_id)
         p.status = Status.ACTIVE
         p.backend = backend
         p.activated_at = now

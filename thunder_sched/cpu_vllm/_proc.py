@@ -33,6 +33,23 @@ def read_tail(path: Path, max_lines: int = 40, max_bytes: int = 16_384) -> str:
     return "\n".join(lines[-max_lines:])
 
 
+def file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def read_from(path: Path, offset: int) -> str:
+    """A file's text from byte `offset` on (blocking)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
 async def tail(path: Path, max_lines: int = 40) -> str:
     return await asyncio.to_thread(read_tail, path, max_lines)
 

@@ -19,6 +19,10 @@ class ModelSpecError(CpuVllmError, ValueError):
     """A `ModelSpec` holds values vLLM on CPU cannot serve."""
 
 
+class ServerConfigError(CpuVllmError, ValueError):
+    """A `ServerConfig` holds an impossible value (non-positive size, timeout or port out of range)."""
+
+
 class ServerError(CpuVllmError):
     """The vLLM server failed to start, died, or could not be stopped."""
 

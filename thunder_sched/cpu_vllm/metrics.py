@@ -115,11 +115,15 @@ def _matching(samples: list[Sample], name: str, model: str | None) -> list[Sampl
     return [s for s in samples if s.name == name and (model is None or s.labels.get("model_name") == model)]
 
 
-def _total(samples: list[Sample], name: str, model: str | None) -> float:
+def _required(samples: list[Sample], name: str, model: str | None) -> list[Sample]:
     found = _matching(samples, name, model)
     if not found:
         raise MetricsError(f"/metrics has no {name} sample" + (f" for model {model!r}" if model else ""))
-    return math.fsum(s.value for s in found)
+    return found
+
+
+def _total(samples: list[Sample], name: str, model: str | None) -> float:
+    return math.fsum(s.value for s in _required(samples, name, model))
 
 
 def parse_metrics(text: str, *, model: str | None = None) -> VllmMetrics:
@@ -137,9 +141,7 @@ def parse_metrics(text: str, *, model: str | None = None) -> VllmMetrics:
     if len(block_sizes) != 1:
         raise MetricsError(f"engines report different block sizes {sorted(block_sizes)}")
     blocks = sum(_int_label(s, "num_gpu_blocks") for s in infos)
-    usage = _matching(samples, KV_CACHE_USAGE, model)
-    if not usage:
-        raise MetricsError(f"/metrics has no {KV_CACHE_USAGE} sample")
+    usage = _required(samples, KV_CACHE_USAGE, model)
     return VllmMetrics(
         block_size=block_sizes.pop(),
         num_gpu_blocks=blocks,

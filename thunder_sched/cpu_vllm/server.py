@@ -24,8 +24,9 @@ from types import TracebackType
 
 import httpx
 
-from ._proc import Progress, stderr_progress, tail
-from .errors import ServerError, ServerStartTimeout
+from ._proc import Progress, file_size, read_from, stderr_progress, tail
+from ._procgroup import killpg, wait_group_gone
+from .errors import ServerConfigError, ServerError, ServerStartTimeout
 from .metrics import VllmMetrics, parse_metrics
 
 LAUNCHER = Path(__file__).with_name("_launch.py")
@@ -47,6 +48,19 @@ class ServerConfig:
     stop_timeout: float = 30.0
     extra_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)  # overrides for the server's environment
+
+    def __post_init__(self) -> None:
+        checks = {
+            "kv_cache_memory_bytes": self.kv_cache_memory_bytes > 0,
+            "max_model_len": self.max_model_len is None or self.max_model_len > 0,
+            "omp_threads": self.omp_threads > 0,
+            "startup_timeout": self.startup_timeout > 0,
+            "stop_timeout": self.stop_timeout > 0,
+            "port": self.port is None or 0 < self.port < 65536,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ServerConfigError(f"invalid ServerConfig value(s) for {', '.join(bad)}: {self!r}")
 
 
 def free_port(host: str) -> int:
@@ -172,12 +186,12 @@ class CpuVllmServer:
         attempts = 1 if self.config.port is not None else 3
         for attempt in range(1, attempts + 1):
             self._port = self.config.port or free_port(self.config.host)
-            log_offset = await asyncio.to_thread(_file_size, self.log_path)
+            log_offset = await asyncio.to_thread(file_size, self.log_path)
             try:
                 await self._start_once()
                 return
             except ServerError as exc:
-                log = await asyncio.to_thread(_read_from, self.log_path, log_offset)
+                log = await asyncio.to_thread(read_from, self.log_path, log_offset)
                 if attempt < attempts and _PORT_IN_USE in log.lower() and not isinstance(exc, ServerStartTimeout):
                     self._progress(f"port {self._port} was taken meanwhile; retrying on another port")
                     continue
@@ -229,7 +243,8 @@ class CpuVllmServer:
 
     async def _start_once(self) -> None:
         started = time.monotonic()
-        grace = max(self.config.stop_timeout - 10.0, 5.0)
+        # The supervisor gets a third of the stop budget per phase (server, then leftovers) before SIGKILL.
+        grace = self.config.stop_timeout / 3
         log = await asyncio.to_thread(self.log_path.open, "ab")
         try:
             self._proc = await asyncio.create_subprocess_exec(
@@ -268,7 +283,7 @@ class CpuVllmServer:
                         f"vLLM exited with code {self._proc.returncode} during startup; "
                         f"{self.log_path} ends with:\n{await tail(self.log_path)}"
                     )
-                with contextlib.suppress(httpx.HTTPError):
+                with contextlib.suppress(httpx.HTTPError, ValueError):  # not listening yet, or not JSON
                     response = await client.get(f"{self.openai_url}/models")
                     if response.status_code == 200 and any(
                         m.get("id") == self.model for m in response.json().get("data", [])
@@ -294,13 +309,13 @@ class CpuVllmServer:
                     await asyncio.wait_for(proc.wait(), self.config.stop_timeout)
                 except TimeoutError:
                     self._progress(f"vLLM (pid {proc.pid}) ignored SIGTERM for {self.config.stop_timeout} s; killing")
-            _killpg(proc.pid, signal.SIGKILL)
+            killpg(proc.pid, signal.SIGKILL)
             if proc.returncode is None:
                 await proc.wait()
-            if not await _wait_group_gone(proc.pid, within=10.0):
+            if not await wait_group_gone(proc.pid, within=10.0):
                 raise ServerError(f"processes of group {proc.pid} survived SIGKILL; see `ps -g {proc.pid}`")
         except BaseException:
-            _killpg(proc.pid, signal.SIGKILL)  # cancelled or failed midway: never leave a process behind
+            killpg(proc.pid, signal.SIGKILL)  # cancelled or failed midway: never leave a process behind
             raise
         finally:
             self._proc = None
@@ -331,49 +346,3 @@ async def fetch_metrics(
         except httpx.HTTPError as exc:
             raise ServerError(f"cannot read {base_url}/metrics: {exc!r}") from exc
         return parse_metrics(response.text, model=model)
-
-
-def _file_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _read_from(path: Path, offset: int) -> str:
-    try:
-        with path.open("rb") as handle:
-            handle.seek(offset)
-            return handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
-def _killpg(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether any non-zombie process is still in the group (zombies wait for init to reap them)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
-async def _wait_group_gone(pgid: int, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while await asyncio.to_thread(_group_alive, pgid):
-        if time.monotonic() > deadline:
-            return False
-        _killpg(pgid, signal.SIGKILL)
-        await asyncio.sleep(0.2)
-    return True

@@ -1,0 +1,210 @@
+"""Per-program state: which sandboxes a program holds, its commands, and when it ends.
+
+One ``ProgramRegistry`` per server (owned by it, never global). A program exists from its first call
+until ``program_end``, the end of its stdio session, an idle timeout or server shutdown; then its
+commands are killed and its leases dropped, and the env manager reclaims what no one else holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from thunder_env import EnvManager, Lease, SandboxNotFoundError
+
+from .config import ServerConfig, check_program_id
+from .errors import AccessDeniedError, ProgramBindingError, ProgramRetiredError
+from .processes import ExecProcess
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class ProgramState:
+    program_id: str
+    last_active: float
+    leases: dict[str, Lease] = field(default_factory=dict)  # sandbox_id -> this program's lease
+    processes: dict[str, ExecProcess] = field(default_factory=dict)
+    active_calls: int = 0
+    pending_creates: int = 0
+    ended: bool = False
+
+    def live_leases(self) -> list[Lease]:
+        for sandbox_id in [sid for sid, lease in self.leases.items() if lease.released]:
+            del self.leases[sandbox_id]
+        return list(self.leases.values())
+
+    def running_processes(self, sandbox_id: str | None = None) -> list[ExecProcess]:
+        return [p for p in self.processes.values() if p.running and (sandbox_id is None or p.sandbox_id == sandbox_id)]
+
+
+@dataclass(frozen=True, slots=True)
+class EndReport:
+    program_id: str
+    sandboxes_released: int
+    sandboxes_destroyed: int
+    processes_killed: int
+
+
+class ProgramRegistry:
+    def __init__(
+        self, manager: EnvManager, config: ServerConfig, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.manager = manager
+        self.config = config
+        self._clock = clock
+        self._programs: dict[str, ProgramState] = {}
+        self._ended: OrderedDict[str, str] = OrderedDict()
+        self._reaper: asyncio.Task[None] | None = None
+        self._ending: dict[str, asyncio.Future[EndReport]] = {}
+        self._protected: set[asyncio.Future[Any]] = set()
+        self._closed = False
+
+    # ------------------------------------------------------------------ programs
+
+    def state(self, program_id: str) -> ProgramState:
+        """The live state of a program, created on first use."""
+        if self._closed:
+            raise ProgramBindingError("the server is shutting down; no new calls are accepted")
+        reason = self._ended.get(program_id)
+        if reason is not None:
+            raise ProgramRetiredError(program_id, reason)
+        state = self._programs.get(program_id)
+        if state is None:
+            try:
+                check_program_id(program_id)
+            except ValueError as exc:
+                raise ProgramBindingError(str(exc)) from exc
+            state = ProgramState(program_id, last_active=self._clock())
+            self._programs[program_id] = state
+            self._ensure_reaper()
+        return state
+
+    @contextlib.asynccontextmanager
+    async def call(self, program_id: str) -> AsyncIterator[ProgramState]:
+        """Attribute one tool call to a program: it is not idle while the call runs."""
+        state = self.state(program_id)
+        state.active_calls += 1
+        state.last_active = self._clock()
+        try:
+            yield state
+        finally:
+            state.active_calls -= 1
+            state.last_active = self._clock()
+
+    def programs(self) -> list[str]:
+        return sorted(self._programs)
+
+    def get(self, program_id: str) -> ProgramState | None:
+        return self._programs.get(program_id)
+
+    def lease(self, state: ProgramState, sandbox_id: str) -> Lease:
+        """The program's lease on a sandbox, or an error that says why there is none."""
+        lease = state.leases.get(sandbox_id)
+        if lease is not None and not lease.released:
+            return lease
+        if lease is not None:
+            del state.leases[sandbox_id]
+            raise SandboxNotFoundError(
+                sandbox_id, f"it is no longer available ({lease.release_reason}); create a new sandbox"
+            )
+        if any(info.sandbox_id == sandbox_id for info in self.manager.sandboxes()):
+            raise AccessDeniedError(sandbox_id, state.program_id)
+        raise SandboxNotFoundError(sandbox_id, "call sandbox_list to see the sandboxes this program holds")
+
+    async def end(self, program_id: str, reason: str) -> EndReport:
+        """Kill the program's commands and drop its leases. Later calls with its id get a clear error.
+
+        Runs to completion even if the caller is cancelled (a half-done end would leak containers);
+        concurrent ends of one program share the work.
+        """
+        task = self._ending.get(program_id)
+        if task is None:
+            task = asyncio.ensure_future(self._end(program_id, reason))
+            self._ending[program_id] = task
+            task.add_done_callback(lambda _t: self._ending.pop(program_id, None))
+        return await asyncio.shield(task)
+
+    async def protect(self, work: Awaitable[T]) -> T:
+        """Run reclaiming work (a release...) to completion even if the calling tool call is cancelled;
+        ``close`` waits for it."""
+        task = asyncio.ensure_future(work)
+        self._protected.add(task)
+        task.add_done_callback(self._protected.discard)
+        return await asyncio.shield(task)
+
+    async def _end(self, program_id: str, reason: str) -> EndReport:
+        state = self._programs.pop(program_id, None)
+        self._retire(program_id, reason)
+        killed = 0
+        released = 0
+        if state is not None:
+            state.ended = True
+            running = state.running_processes()
+            killed = len(running)
+            await asyncio.gather(*(p.kill() for p in running), return_exceptions=True)
+            released = len(state.live_leases())
+            state.leases.clear()
+            state.processes.clear()
+        destroyed = await self.manager.end_program(program_id)
+        log.info("program %s ended (%s): %d sandboxes released, %d destroyed", program_id, reason, released, destroyed)
+        return EndReport(program_id, released, destroyed, killed)
+
+    async def reap_idle(self) -> list[str]:
+        """End programs that made no call for longer than the idle timeout. Returns their ids."""
+        ttl = self.config.program_idle_timeout_s
+        if ttl is None:
+            return []
+        now = self._clock()
+        idle = [
+            pid for pid, state in self._programs.items() if state.active_calls == 0 and now - state.last_active > ttl
+        ]
+        for program_id in idle:
+            await self.end(program_id, f"no tool call for more than {ttl:g} s")
+        return idle
+
+    async def close(self) -> None:
+        """End every program (server shutdown). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+        await asyncio.gather(
+            *(self.end(pid, "server shut down") for pid in list(self._programs)), return_exceptions=True
+        )
+        # Ends and releases started by cancelled calls or by the reaper finish before the manager closes.
+        await asyncio.gather(*self._ending.values(), *self._protected, return_exceptions=True)
+
+    # ----------------------------------------------------------------- internals
+
+    def _retire(self, program_id: str, reason: str) -> None:
+        limit = self.config.ended_programs_remembered
+        if limit == 0:
+            return
+        self._ended[program_id] = reason
+        self._ended.move_to_end(program_id)
+        while len(self._ended) > limit:
+            self._ended.popitem(last=False)
+
+    def _ensure_reaper(self) -> None:
+        if self._reaper is None and self.config.program_idle_timeout_s is not None:
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever(), name="thunder-mcp-reaper")
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reaper_interval_s)
+            try:
+                await self.reap_idle()
+            except Exception:
+                log.exception("program idle reaper failed; retrying next interval")

@@ -1,0 +1,43 @@
+"""Small helpers shared by the pool, snapshot and template tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import aiodocker
+import pytest
+
+from thunder_env import SandboxSpec
+from thunder_env.docker import DockerBackend
+
+
+def with_setup(spec: SandboxSpec, *steps: str) -> SandboxSpec:
+    return SandboxSpec(**{**spec.model_dump(), "setup": steps})
+
+
+async def image_exists(backend: DockerBackend, image_id: str) -> bool:
+    try:
+        await backend.client.images.inspect(image_id)
+    except aiodocker.DockerError as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+async def containers_labelled(backend: DockerBackend, **labels: str) -> list[str]:
+    """Sandbox ids of the containers carrying every given label (dots spelled as '__')."""
+    filters = {"label": [f"{k.replace('__', '.')}={v}" for k, v in labels.items()]}
+    found = await backend.client.containers.list(all=True, filters=filters)
+    return sorted(c._container["Labels"]["thunder.sandbox"] for c in found)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0, what: str = "") -> None:
+    """Poll ``check`` until it holds; fail with ``what`` after the timeout."""
+    # Polling on purpose: the state lives in the engine, which sends no event for it.
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"not within {timeout_s:g} s: {what}")
+        await asyncio.sleep(0.1)

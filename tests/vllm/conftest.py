@@ -1,0 +1,58 @@
+"""Fixtures for integration tests against a real vLLM server running on this machine's CPU.
+
+One server serves the whole session (startup takes about a minute). If the venv or the model cannot be
+made, or the server does not start, the tests FAIL with the reason: a missing prerequisite is never a skip.
+Prepare ahead of time with `python -m thunder_sched.cpu_vllm ensure` (installs on first use).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from thunder_sched.cpu_vllm import (
+    CachePaths,
+    CpuVllmError,
+    CpuVllmServer,
+    ServerConfig,
+    cache_root_from_env,
+    ensure_cpu_vllm,
+)
+
+_HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # This hook sees every collected item of the session, so only tests under tests/vllm are marked.
+    for item in items:
+        if _HERE in item.path.parents:
+            item.add_marker(pytest.mark.vllm)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def cpu_vllm(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[CpuVllmServer]:
+    """A running CPU vLLM server: `.url` (no /v1), `.openai_url`, `.model`, `await .capacity_tokens()`.
+
+    Its methods open their own HTTP clients, so tests may use it from any event loop.
+    """
+    paths = CachePaths(cache_root_from_env(os.environ))
+    try:
+        prepared = await ensure_cpu_vllm(paths)
+    except CpuVllmError as exc:
+        pytest.fail(f"cannot prepare the CPU vLLM under {paths.root}: {exc}", pytrace=False)
+    log_path = tmp_path_factory.mktemp("cpu-vllm") / "server.log"
+    # Startup takes 40-70 s alone, but over 130 s was seen while other test suites share the 2 cores.
+    config = ServerConfig(startup_timeout=360)
+    server = CpuVllmServer(prepared.python, prepared.model_dir, config, log_path=log_path)
+    try:
+        await server.start()
+    except CpuVllmError as exc:
+        pytest.fail(f"the CPU vLLM server did not start: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        await server.stop()

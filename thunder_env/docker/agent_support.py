@@ -1,0 +1,312 @@
+"""The exec agent inside Docker sandboxes: mounts, host directories, readiness and the exec fast path.
+
+Each sandbox gets ``<run_dir>/<namespace>/<sandbox_id>/`` on the host, bind-mounted at /.thunder/run,
+where its agent (the read-only /.thunder/agent, the container's main process) listens on agent.sock.
+The manager reaches that socket only through the host directory, so a sandbox's agent serves that
+sandbox alone. Any trouble before a command starts falls back to the Engine API's exec with a
+warning; the Engine API stays the path for other users than the sandbox's and for remote engines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Collection, Iterator, Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+
+from ..agent.build import DEFAULT_CACHE_DIR, AgentBuildError, ensure_agent_binary
+from ..backend import ExecRequest, OutputCallback
+from ..reconcile import OwnerIdentity
+from ..results import ExecResult
+from ..spec import KEEPALIVE_COMMAND, SandboxSpec
+from .agent_client import (
+    START_TIMEOUT_S,
+    AgentEndpoint,
+    AgentUnavailableError,
+    agent_exec,
+    agent_kill,
+    agent_ping,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RUN_DIR = Path("/run/thunder")
+AGENT_PATH = "/.thunder/agent"
+RUN_MOUNT = "/.thunder/run"
+SOCKET_NAME = "agent.sock"
+OWNER_SUFFIX = ".owner"
+# Create waits this long for a new sandbox's agent to answer; past it the sandbox uses the Engine API.
+READY_TIMEOUT_S = 2.0
+# A directory without an owner file is someone's create in flight for at most this long.
+UNOWNED_GRACE_S = 60.0
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+# Set by engine_exec_only(): this task's execs take the Engine API even where an agent runs.
+_ENGINE_ONLY: ContextVar[bool] = ContextVar("thunder_engine_exec_only", default=False)
+
+
+@contextlib.contextmanager
+def engine_exec_only() -> Iterator[None]:
+    """Within this block (this task only), execs skip the agent: for benchmarks and diagnostics."""
+    token = _ENGINE_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _ENGINE_ONLY.reset(token)
+
+
+def agent_command(sandbox_id: str, command: tuple[str, ...]) -> list[str]:
+    """The container's main command: the agent's supervisor, running the spec's own command if it has one."""
+    base = [AGENT_PATH, "supervise", f"{RUN_MOUNT}/{SOCKET_NAME}", sandbox_id]
+    return base if command == KEEPALIVE_COMMAND else [*base, "--", *command]
+
+
+class DockerAgentSupport:
+    _docker: aiodocker.Docker
+
+    def _init_agent(self, enabled: bool, run_dir: Path | None, cache_dir: Path | None) -> None:
+        # The host directory must be the engine's host: only for an engine on a local Unix socket.
+        self.exec_agent = enabled and str(self._docker.docker_host).startswith("unix://")
+        self.agent_execs = 0  # commands the agent ran
+        self.fallback_execs = 0  # commands meant for the agent that went through the Engine API
+        self._run_dir = run_dir or DEFAULT_RUN_DIR
+        self._agent_cache_dir = cache_dir or DEFAULT_CACHE_DIR
+        self._agent_binary: Path | None = None
+        self._agent_build_lock = asyncio.Lock()
+        self._agent_build_error: str | None = None
+        self._agents: dict[str, AgentEndpoint] = {}
+        # Markers of agent execs not started yet: a kill waits for the start, or it would find nothing.
+        self._starting: dict[str, asyncio.Event] = {}
+        self._owner = OwnerIdentity.current().encode()
+
+    @property
+    def agent_run_dir(self) -> Path:
+        """Where the per-sandbox socket directories live: ``<agent_run_dir>/<namespace>/<sandbox_id>``."""
+        return self._run_dir
+
+    def agent_socket(self, sandbox_id: str) -> AgentEndpoint | None:
+        """The sandbox's agent, if it answered when the sandbox started (None: Engine API only)."""
+        return self._agents.get(sandbox_id)
+
+    # ------------------------------------------------------------------------- lifecycle hooks
+
+    async def _prepare_agent(
+        self, sandbox_id: str, spec: SandboxSpec, labels: Mapping[str, str], config: dict[str, Any]
+    ) -> AgentEndpoint | None:
+        """Make the sandbox's host directory and point the create body at the agent."""
+        if not self.exec_agent:
+            return None
+        binary = await self._binary()
+        if binary is None:
+            return None
+        namespace = labels.get("thunder.namespace", "default")
+        leaf = self._run_dir / namespace / sandbox_id
+        try:
+            for name in (namespace, sandbox_id):
+                if not _valid_name(name):
+                    raise ValueError(f"{name!r} cannot name a host directory (letters, digits, '_.-')")
+            await asyncio.to_thread(_make_run_dir, self._run_dir, leaf, self._owner)
+        except (OSError, ValueError) as exc:
+            # The agent is an accelerator: without its directory the sandbox still works, slower.
+            log.warning("sandbox %s gets no exec agent (%s); its commands take the Engine API", sandbox_id, exc)
+            await self._forget_agent(sandbox_id)
+            return None
+        config["Cmd"] = agent_command(sandbox_id, spec.command)
+        mounts = config["HostConfig"].setdefault("Mounts", [])
+        mounts.append({"Type": "bind", "Source": str(binary), "Target": AGENT_PATH, "ReadOnly": True})
+        mounts.append({"Type": "bind", "Source": str(leaf), "Target": RUN_MOUNT})
+        return AgentEndpoint(sandbox_id, str(leaf / SOCKET_NAME), spec.user)
+
+    async def _show_while_agent_starts(
+        self, container: aiodocker.containers.DockerContainer, agent: AgentEndpoint | None
+    ) -> dict[str, Any]:
+        """Inspect the started container while its agent comes up: the wait mostly hides behind it."""
+        if agent is None:
+            return dict(await container.show())
+        ready = asyncio.create_task(self._await_agent(agent))
+        try:
+            info = await container.show()
+        except BaseException:
+            ready.cancel()
+            await asyncio.gather(ready, return_exceptions=True)
+            raise
+        await ready
+        return dict(info)
+
+    async def _await_agent(self, agent: AgentEndpoint) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        delay = 0.002
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                await agent_ping(agent, timeout_s=max(0.05, deadline - time.monotonic()))
+            except AgentUnavailableError as exc:
+                last = exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+                continue
+            self._agents[agent.sandbox_id] = agent
+            return
+        log.warning(
+            "the exec agent of sandbox %s did not answer within %.0f s (%s); its commands go through the "
+            "Engine API (slower)",
+            agent.sandbox_id,
+            READY_TIMEOUT_S,
+            last,
+        )
+
+    def _detach_agent(self, sandbox_id: str) -> None:
+        """The sandbox is going: commands cut off from now on are its end, not the agent's failure."""
+        self._agents.pop(sandbox_id, None)
+
+    async def _forget_agent(self, sandbox_id: str) -> None:
+        """Drop the sandbox's agent and its host directory (by name: also after a cancelled create)."""
+        self._agents.pop(sandbox_id, None)
+        if self.exec_agent:
+            await asyncio.to_thread(_remove_sandbox_dirs, self._run_dir, sandbox_id)
+
+    async def remove_orphan_dirs(self, namespace: str, live_sandbox_ids: Collection[str]) -> list[str]:
+        """Remove host directories of the namespace whose sandbox is gone and whose maker is dead.
+
+        A live maker's directory may belong to a create in flight: that maker removes it itself.
+        """
+        if not _valid_name(namespace):
+            return []
+        return await asyncio.to_thread(_remove_orphans, self._run_dir / namespace, set(live_sandbox_ids))
+
+    # ------------------------------------------------------------------------- operations
+
+    def _agent_for(self, sandbox_id: str, user: str) -> AgentEndpoint | None:
+        if not self.exec_agent or _ENGINE_ONLY.get():
+            return None
+        endpoint = self._agents.get(sandbox_id)
+        # The agent runs as the sandbox's user; a command for another user takes the Engine API.
+        return endpoint if endpoint is not None and endpoint.user == user else None
+
+    async def _exec_via_agent(
+        self, sandbox_id: str, request: ExecRequest, on_output: OutputCallback | None
+    ) -> ExecResult | None:
+        """The command's result through the agent, or None when it must take the Engine API."""
+        endpoint = self._agent_for(sandbox_id, request.user)
+        if endpoint is None:
+            return None
+        started = self._starting.setdefault(request.marker, asyncio.Event())
+        try:
+            result = await agent_exec(endpoint, request, on_output, started.set)
+        except AgentUnavailableError as exc:
+            if sandbox_id not in self._agents:
+                return None  # destroyed meanwhile: the Engine API path reports the sandbox gone
+            self.fallback_execs += 1
+            log.warning("%s; running the command through the Engine API instead", exc)
+            return None
+        finally:
+            started.set()
+            if self._starting.get(request.marker) is started:
+                del self._starting[request.marker]
+        self.agent_execs += 1
+        return result
+
+    async def _kill_via_agent(self, sandbox_id: str, marker: str, user: str) -> bool:
+        endpoint = self._agent_for(sandbox_id, user)
+        if endpoint is None:
+            return False
+        starting = self._starting.get(marker)
+        if starting is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(starting.wait(), START_TIMEOUT_S)
+        try:
+            await agent_kill(endpoint, marker)
+        except AgentUnavailableError as exc:
+            log.warning("%s; killing marked processes through the Engine API instead", exc)
+            return False
+        return True
+
+    async def _binary(self) -> Path | None:
+        if self._agent_binary is not None or self._agent_build_error is not None:
+            return self._agent_binary
+        async with self._agent_build_lock:
+            if self._agent_binary is None and self._agent_build_error is None:
+                try:
+                    self._agent_binary = await ensure_agent_binary(self._agent_cache_dir)
+                except (AgentBuildError, OSError) as exc:
+                    self._agent_build_error = str(exc)
+                    log.warning("no exec agent in sandboxes (commands take the slower Engine API): %s", exc)
+        return self._agent_binary
+
+
+def _valid_name(name: str) -> bool:
+    return bool(_NAME.match(name)) and set(name) != {"."}
+
+
+def _make_run_dir(run_dir: Path, leaf: Path, owner: str) -> None:
+    for attempt in range(3):
+        try:
+            for parent in (run_dir, leaf.parent):
+                if not parent.is_dir():
+                    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    os.chmod(parent, 0o700)  # root only: no host user reaches a sandbox's socket
+            # Written before the directory exists, so reconcile never sees an unowned one of ours.
+            (leaf.parent / (leaf.name + OWNER_SUFFIX)).write_text(owner)
+            leaf.mkdir(mode=0o755)
+            # Any sandbox user may create its socket here; sticky: nobody removes another user's.
+            os.chmod(leaf, 0o1777)
+            return
+        except FileNotFoundError:
+            if attempt == 2:  # a concurrent cleanup removed the empty namespace directory: retry
+                raise
+        except FileExistsError:
+            shutil.rmtree(leaf)  # a stale directory of a reused id: start clean
+
+
+def _remove_sandbox_dirs(run_dir: Path, sandbox_id: str) -> None:
+    if not _valid_name(sandbox_id):
+        return
+    try:
+        namespaces = [entry.path for entry in os.scandir(run_dir) if entry.is_dir(follow_symlinks=False)]
+    except OSError:  # none made (missing, or not ours to read)
+        return
+    for namespace in namespaces:
+        leaf = os.path.join(namespace, sandbox_id)
+        if os.path.lexists(leaf) or os.path.lexists(leaf + OWNER_SUFFIX):
+            shutil.rmtree(leaf, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leaf + OWNER_SUFFIX)
+            with contextlib.suppress(OSError):
+                os.rmdir(namespace)  # only when empty: nothing is left behind
+
+
+def _remove_orphans(namespace_dir: Path, live: set[str]) -> list[str]:
+    try:
+        entries = list(os.scandir(namespace_dir))
+    except FileNotFoundError:
+        return []
+    removed: list[str] = []
+    for entry in entries:
+        name = entry.name.removesuffix(OWNER_SUFFIX)
+        if name in live or name in removed:
+            continue
+        owner_file = namespace_dir / (name + OWNER_SUFFIX)
+        try:
+            owner = OwnerIdentity.decode(owner_file.read_text())
+        except (FileNotFoundError, UnicodeDecodeError):
+            owner = None
+        if owner is not None and owner.is_alive():
+            continue
+        if owner is None and time.time() - entry.stat(follow_symlinks=False).st_mtime < UNOWNED_GRACE_S:
+            continue
+        shutil.rmtree(namespace_dir / name, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            owner_file.unlink()
+        removed.append(name)
+    with contextlib.suppress(OSError):
+        namespace_dir.rmdir()
+    return removed

@@ -1,0 +1,155 @@
+"""Templates: a spec's setup steps run once, snapshotted, and every later sandbox starts from the result.
+
+A template's identity is the hash of its image and steps, plus what the steps see (env, workdir, user,
+network): the same steps under another user or env can produce another filesystem. Concurrent requests
+for one template wait on a single build; a failed build leaves nothing behind, raises the same typed
+error to every waiter, and is retried by the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import secrets
+from collections.abc import Callable, Mapping
+
+from .backend import ExecRequest, SandboxBackend
+from .errors import ThunderError
+from .results import ExecResult
+from .snapshots import TEMPLATE_HOLDER, Snapshot, SnapshotStore
+from .spec import SandboxSpec
+
+log = logging.getLogger(__name__)
+
+STEP_OUTPUT_LIMIT = 64 << 10
+# A build whose snapshot is evicted at once (a disk budget smaller than the template) is not retried forever.
+MAX_BUILD_ATTEMPTS = 3
+
+
+class TemplateBuildError(ThunderError):
+    """A setup step failed; carries the step and what it printed."""
+
+    def __init__(self, template_key: str, step_index: int, step: str, result: ExecResult | None, detail: str) -> None:
+        self.template_key = template_key
+        self.step_index = step_index
+        self.step = step
+        self.exit_code = result.exit_code if result is not None else None
+        self.stdout = result.stdout.text if result is not None else ""
+        self.stderr = result.stderr.text if result is not None else ""
+        output = (self.stdout + self.stderr).strip()[-4000:]
+        super().__init__(
+            f"template {template_key}: setup step {step_index + 1} ({step!r}) {detail}"
+            + (f"; its output:\n{output}" if output else "; it printed nothing")
+            + "\nfix the step and acquire again: nothing of the failed build was kept"
+        )
+
+
+def template_key(spec: SandboxSpec) -> str:
+    identity = {
+        "image": spec.image,
+        "setup": list(spec.setup),
+        "env": spec.env,
+        "workdir": spec.workdir,
+        "user": spec.user,
+        "network": spec.network,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class TemplateBuilder:
+    def __init__(
+        self,
+        backend: SandboxBackend,
+        store: SnapshotStore,
+        labels: Callable[[str, str], Mapping[str, str]],
+        *,
+        step_timeout_s: float,
+        pause: bool,
+        on_built: Callable[[Snapshot], None] = lambda snapshot: None,
+    ) -> None:
+        self._backend = backend
+        self._store = store
+        self._labels = labels
+        self._step_timeout_s = step_timeout_s
+        self._pause = pause
+        self._on_built = on_built
+        self._ready: dict[str, str] = {}  # template key -> snapshot id
+        self._building: dict[str, asyncio.Task[Snapshot]] = {}
+        self.builds = 0  # builds started (a test and an operator both want this)
+
+    async def ensure(self, spec: SandboxSpec) -> Snapshot:
+        """The template's live snapshot, built now if needed. The caller must hold it before awaiting."""
+        key = template_key(spec)
+        for _ in range(MAX_BUILD_ATTEMPTS):
+            snapshot_id = self._ready.get(key)
+            snapshot = self._store.find(snapshot_id) if snapshot_id else None
+            if snapshot is not None:
+                return snapshot
+            task = self._building.get(key)
+            if task is None:
+                task = asyncio.create_task(self._build(key, spec), name=f"thunder-template-{key}")
+                self._building[key] = task
+                task.add_done_callback(lambda t, k=key: self._build_done(k, t))
+            # Shielded: one waiter giving up must not cancel the build the others wait for.
+            snapshot = await asyncio.shield(task)
+            if self._store.find(snapshot.snapshot_id) is not None:
+                return snapshot
+        raise ThunderError(
+            f"template {key} was evicted as soon as it was built {MAX_BUILD_ATTEMPTS} times: "
+            "raise disk_budget_bytes above the template's size"
+        )
+
+    def snapshot_id(self, spec: SandboxSpec) -> str | None:
+        return self._ready.get(template_key(spec))
+
+    async def close(self) -> None:
+        tasks = list(self._building.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _build_done(self, key: str, task: asyncio.Task[Snapshot]) -> None:
+        if self._building.get(key) is task:
+            del self._building[key]
+        if not task.cancelled() and task.exception() is None:
+            self._ready[key] = task.result().snapshot_id
+            self._on_built(task.result())
+
+    async def _build(self, key: str, spec: SandboxSpec) -> Snapshot:
+        self.builds += 1
+        build_id = "tb-" + secrets.token_hex(6)
+        build_spec = spec.model_copy(update={"setup": (), "ports": ()})
+        log.info("template %s: building in %s (%d steps)", key, build_id, len(spec.setup))
+        try:
+            await self._backend.create(build_id, build_spec, self._labels("template", build_id))
+            for index, step in enumerate(spec.setup):
+                await self._run_step(key, build_id, spec, index, step)
+            return await self._store.commit(
+                build_id,
+                kind="template",
+                program_id="",
+                source_spec=spec,
+                holder=TEMPLATE_HOLDER + key,
+                parent_snapshot_id=None,
+                pause=self._pause,
+            )
+        finally:
+            # By name, so even a create cancelled before it answered leaves no container behind.
+            await asyncio.shield(self._backend.destroy(build_id))
+
+    async def _run_step(self, key: str, build_id: str, spec: SandboxSpec, index: int, step: str) -> None:
+        request = ExecRequest(
+            argv=["/bin/sh", "-c", step],
+            marker=secrets.token_hex(8),
+            workdir=spec.workdir,
+            user=spec.user,
+            timeout_s=self._step_timeout_s,
+            output_limit=STEP_OUTPUT_LIMIT,
+        )
+        result = await self._backend.exec(build_id, request)
+        if result.timed_out:
+            raise TemplateBuildError(key, index, step, result, f"timed out after {self._step_timeout_s:g} s")
+        if result.exit_code != 0:
+            raise TemplateBuildError(key, index, step, result, f"failed with exit code {result.exit_code}")

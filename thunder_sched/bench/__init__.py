@@ -1,0 +1,1 @@
+"""`python -m thunder_sched.bench`: seeded agentic programs straight against vLLM vs through the scheduler."""
