@@ -63,6 +63,7 @@ class _Sandbox:
     forwarders: dict[int, PortForwarder] = field(default_factory=dict)
     processes: dict[str, BackgroundProcess] = field(default_factory=dict)
     linger_task: asyncio.Task[None] | None = None
+    gone: asyncio.Event = field(default_factory=asyncio.Event)  # set once its destroy has finished
     busy: int = 0  # operations in flight: an idle reaper must not pull the floor from under them
     origin: str = "cold"  # cold | warm | prepared | fork (see provisioning.py)
 
@@ -493,6 +494,8 @@ class EnvManager(ProvisioningMixin):
 
     async def _destroy(self, sandbox: _Sandbox) -> None:
         if sandbox.state == "destroying":
+            # One is under way (a linger timer, the reaper): close() and the rest return once it is done.
+            await sandbox.gone.wait()
             return
         sandbox.state = "destroying"
         if sandbox.linger_task is not None and sandbox.linger_task is not asyncio.current_task():
@@ -508,6 +511,7 @@ class EnvManager(ProvisioningMixin):
             await self.backend.destroy(sandbox.sandbox_id)
         finally:
             self._sandboxes.pop(sandbox.sandbox_id, None)
+            sandbox.gone.set()
             await self._provisioning_sandbox_gone(sandbox.sandbox_id)
 
     async def _reap_forever(self) -> None:

@@ -15,7 +15,7 @@ class PolicyConfig(BaseModel):
         None, gt=0, description="low watermark: restore only while load < lambda_min * capacity (default lambda_max)"
     )
     time_decay: bool = Field(True, description="weigh acting programs by exp(-t / tau)")
-    tau_s: float = Field(10.0, gt=0, description="time constant of the acting-token decay, seconds")
+    tau_s: float = Field(30.0, gt=0, description="time constant of the acting-token decay, seconds")
     aging_rate: float = Field(
         0.1, ge=0, description="per second of waiting, a program ranks as if (1 + rate * wait) times shorter"
     )

@@ -3,9 +3,11 @@
 Input: a snapshot of programs and backends. Output: which programs to pause and where to restore which.
 The scheduler applies the decisions; this module only decides.
 
-Per healthy backend, the thrashing check weighs reasoning programs by their context c and acting programs
-by c * exp(-t / tau) (t: time since the acting phase began) against lambda_max * capacity. When over, it
-pauses acting programs first, shortest first (score 1/c + [acting]). When there is room, it restores from
+Per healthy backend, the thrashing check (eq. 7) weighs reasoning programs by their context c and acting
+programs by c * exp(-t / tau) (t: time since the acting phase began) against lambda_max * capacity. When
+over, it pauses acting programs first, shortest first (score 1/c + [acting]); decay thus lets long-idle
+caches be evicted by the engine instead of pausing anyone. When the memory actually held (eq. 6, plain c)
+is below lambda_min * capacity, it restores from
 one global queue across backends, reasoning-ready first, shortest first (score 1/c + [reasoning]), where a
 program that has waited w seconds counts as (1 + aging_rate * w) times shorter, and a program waiting past
 max_wait_s is served before all others with capacity reserved (and, if need be, freed) for it, so no
@@ -167,12 +169,17 @@ def decide(programs: Sequence[ProgramView], backends: Sequence[BackendView], con
             loads[url] -= weight(p, config)
             remaining -= 1
 
-    # Memory actually held: a request already running keeps its KV until it ends, paused or not.
+    # Restores are judged on the memory actually held (eq. 6: plain c, no decay): decay only decides
+    # when the thrashing check pauses, otherwise room "freed" by an idle program's decay would be handed
+    # to another program and taken back when the idle one returns (pause/restore churn, recomputation).
+    # A request already running keeps its KV until it ends, whether its program is paused or not.
+    loads = {url: 0.0 for url in loads}
     for p in programs:
-        draining = p.phase is Phase.REASONING and (
-            p.program_id in paused_now or (p.status is Status.PAUSED and p.backend is not None)
-        )
-        if draining and p.backend in loads:
+        if p.backend not in loads:
+            continue
+        kept_active = p.status is Status.ACTIVE and p.program_id not in paused_now
+        draining = p.phase is Phase.REASONING and not kept_active
+        if kept_active or draining:
             loads[p.backend] += p.tokens
 
     # 3. Restore from the global waiting queue.
@@ -270,7 +277,7 @@ def _make_room(
             ),
             key=lambda q: (-pause_score(q), q.program_id),
         )
-        freeable = sum(weight(q, config) for q in victims)
+        freeable = float(sum(q.tokens for q in victims))
         room = config.lambda_max * b.capacity - loads.get(url, 0.0) + freeable
         if room + 1e-9 >= _need(p, b, config) and (best is None or room > best[0]):
             best = (room, url, victims)
@@ -282,5 +289,5 @@ def _make_room(
         if loads[url] + _need(p, by_url[url], config) <= limit + 1e-9:
             break
         pause(q, PauseReason.STARVATION)
-        loads[url] -= weight(q, config)
+        loads[url] -= q.tokens
     return url

@@ -48,7 +48,7 @@ async def ps(manager: EnvManager, lease: Lease) -> str:
 @pytest.fixture
 async def lease(manager: EnvManager, backend: DockerBackend, image: str) -> Lease:
     lease = await manager.acquire("prog-agent", spec_for(image))
-    assert backend.agent_socket(lease.sandbox_id) is not None, "the sandbox's agent did not answer at start"
+    assert backend.agent_socket(lease.sandbox_id) is not None, "the sandbox got no exec agent"
     return lease
 
 
@@ -184,9 +184,7 @@ async def test_broken_agent_falls_back_with_a_warning_then_heals(
 
 @IMAGES
 async def test_killed_agent_is_restarted(manager: EnvManager, backend: DockerBackend, lease) -> None:
-    endpoint = backend.agent_socket(lease.sandbox_id)
-    assert endpoint is not None
-    before = (await agent_ping(endpoint)).pid
+    before = await _until_agent_answers(backend, lease.sandbox_id)  # create does not wait for it
     await manager.exec(lease, f"kill -9 {before}")  # its own server, from a command it runs
     after = await _until_agent_answers(backend, lease.sandbox_id, not_pid=before)
     assert after != before
@@ -252,6 +250,8 @@ async def test_no_host_directories_left_after_release(
     namespace = manager.config.namespace
     leases = [await manager.acquire("prog-dirs", spec_for(image)) for _ in range(2)]
     dirs = [backend.agent_run_dir / namespace / lease.sandbox_id for lease in leases]
+    for lease in leases:
+        await _until_agent_answers(backend, lease.sandbox_id)
     assert all(d.is_dir() and (d / "agent.sock").is_socket() for d in dirs)
     await manager.release(leases[0])
     assert not dirs[0].exists() and dirs[1].is_dir()

@@ -92,14 +92,22 @@ def test_reasoning_programs_are_paused_only_when_acting_ones_are_not_enough() ->
     assert paused_ids(d) == ["act", "r2"]
 
 
-def test_time_decay_lets_long_idle_acting_programs_stay_until_pressure_and_be_evicted_first() -> None:
+def test_time_decay_avoids_pausing_for_long_idle_acting_programs() -> None:
     cfg = PolicyConfig(tau_s=10.0)
-    # 800 tokens acting for 30 s weigh 800 * e^-3 ~ 40: the backend has room for a 500-token program.
+    # 800 tokens acting for 30 s weigh 800 * e^-3 ~ 40: a returning 500-token program causes no pause
+    # (the engine may evict the idle cache instead); without decay the idle program is paused.
+    progs = [active("idle", 800, acting_s=30.0), active("back", 500)]
+    assert not decide(progs, [BackendView(A, 1000, True)], cfg)
+    assert paused_ids(decide(progs, [BackendView(A, 1000, True)], NO_DECAY)) == ["idle"]
+
+
+def test_restores_count_the_memory_actually_held_not_the_decayed_weight() -> None:
+    # Eq. 6: restoring into room that only decay "freed" would be taken back when the idle one returns.
+    cfg = PolicyConfig(tau_s=10.0)
     progs = [active("idle", 800, acting_s=30.0), waiting("new", 500)]
-    d = decide(progs, [BackendView(A, 1000, True)], cfg)
-    assert restored(d) == {"new": A}
-    # Without decay the same state is full and the newcomer waits.
-    assert not decide(progs, [BackendView(A, 1000, True)], NO_DECAY)
+    assert not decide(progs, [BackendView(A, 1000, True)], cfg).restores
+    progs = [active("idle", 400, acting_s=30.0), waiting("new", 500)]
+    assert restored(decide(progs, [BackendView(A, 1000, True)], cfg)) == {"new": A}
 
 
 def test_decayed_load_still_counts_and_a_fresh_return_triggers_pauses() -> None:

@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from thunder_sched.app import create_app
+from thunder_sched.bench.serve import serving
 from thunder_sched.config import PolicyConfig, SchedulerConfig
 from thunder_sched.vllm_metrics import gauge_value
 
@@ -25,31 +25,11 @@ TIMEOUT = httpx.Timeout(120.0, connect=5.0)
 
 
 @asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[str]:
-    """Run an ASGI app under uvicorn on a free loopback port (real sockets: streaming, disconnects)."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    for _ in range(200):
-        if server.started or task.done():
-            break
-        await asyncio.sleep(0.05)
-    if not server.started:
-        task.cancel()
-        raise RuntimeError("uvicorn did not start the scheduler app")
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
-
-
-@asynccontextmanager
 async def scheduler(
     backends: list[str], on_end: Callable[[str], Awaitable[None]] | None = None, **overrides: Any
 ) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
     config = SchedulerConfig(backends=tuple(backends), interval_s=0.2, backend_refresh_s=1.0, **overrides)
-    async with serve(create_app(config, on_program_end=on_end)) as url:
+    async with serving(create_app(config, on_program_end=on_end)) as url:
         async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
             yield url, client
 
@@ -212,6 +192,17 @@ async def test_oversubscription_pauses_and_restores_programs(cpu_vllm) -> None:
             assert (await program(client, "p4"))["status"] == "paused" and not held.done()
             metrics = (await client.get("/metrics")).text
             assert "thunder_programs_waiting 1.0" in metrics
+
+            # A held request whose client gives up is dropped from the queue, not forwarded later.
+            body = chat_body(m, words(n_words, 5), max_tokens=4, program_id="p5")
+            with pytest.raises(httpx.ReadTimeout):
+                await client.post("/v1/chat/completions", json=body, timeout=httpx.Timeout(2.0, connect=5.0))
+
+            async def p5_dropped() -> bool:
+                info = await program(client, "p5")
+                return info["held"] == 0 and info["status"] == "paused"
+
+            await wait_for(p5_dropped, 10, "p5's abandoned request to leave the queue")
 
             # p1 returns with a longer context: over capacity, the shortest acting program is paused.
             sizes = {pid: (await program(client, pid))["tokens"] for pid in ("p2", "p3")}

@@ -15,6 +15,7 @@ BENCHMARKS = {
     "core": "thunder_env.bench.core",
     "pool": "thunder_env.bench.pool",
     "disk": "thunder_env.bench.disk",
+    "agent": "thunder_env.bench.agent",
 }
 
 

@@ -42,6 +42,10 @@ class AgentUnavailableError(BackendError):
     """The agent did not take the request; the command did not run, so another path may run it."""
 
 
+class AgentNotListeningError(AgentUnavailableError):
+    """Nothing listens on the agent's socket (not started yet, restarting, or gone)."""
+
+
 class AgentLostError(BackendError):
     """The agent stopped answering while the command ran; ``partial`` holds what was seen."""
 
@@ -56,12 +60,14 @@ async def _connect(endpoint: AgentEndpoint) -> tuple[asyncio.StreamReader, async
         # A stat-sized syscall on a local directory: not worth a thread hop on the hot path.
         fd = os.open(endpoint.socket_path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        raise AgentUnavailableError(f"{where}: no socket at {endpoint.socket_path} ({exc.strerror})") from exc
+        raise AgentNotListeningError(f"{where}: no socket at {endpoint.socket_path} ({exc.strerror})") from exc
     try:
         if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-            raise AgentUnavailableError(f"{where}: {endpoint.socket_path} is not a socket")
+            raise AgentNotListeningError(f"{where}: {endpoint.socket_path} is not a socket")
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
             return await asyncio.open_unix_connection(f"/proc/self/fd/{fd}")
+    except ConnectionRefusedError as exc:
+        raise AgentNotListeningError(f"{where}: nothing listens on {endpoint.socket_path}") from exc
     except (OSError, TimeoutError) as exc:
         raise AgentUnavailableError(f"{where}: cannot connect ({exc!r})") from exc
     finally:

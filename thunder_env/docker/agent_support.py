@@ -31,6 +31,7 @@ from ..spec import KEEPALIVE_COMMAND, SandboxSpec
 from .agent_client import (
     START_TIMEOUT_S,
     AgentEndpoint,
+    AgentNotListeningError,
     AgentUnavailableError,
     agent_exec,
     agent_kill,
@@ -44,8 +45,9 @@ AGENT_PATH = "/.thunder/agent"
 RUN_MOUNT = "/.thunder/run"
 SOCKET_NAME = "agent.sock"
 OWNER_SUFFIX = ".owner"
-# Create waits this long for a new sandbox's agent to answer; past it the sandbox uses the Engine API.
-READY_TIMEOUT_S = 2.0
+# A new sandbox's agent must answer within this long of the start; past it the sandbox uses the Engine API.
+READY_TIMEOUT_S = 5.0
+PING_TIMEOUT_S = 1.0
 # A directory without an owner file is someone's create in flight for at most this long.
 UNOWNED_GRACE_S = 60.0
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -84,6 +86,7 @@ class DockerAgentSupport:
         self._agent_build_lock = asyncio.Lock()
         self._agent_build_error: str | None = None
         self._agents: dict[str, AgentEndpoint] = {}
+        self._unconfirmed: dict[str, float] = {}  # sandbox -> deadline for its agent's first answer
         # Markers of agent execs not started yet: a kill waits for the start, or it would find nothing.
         self._starting: dict[str, asyncio.Event] = {}
         self._owner = OwnerIdentity.current().encode()
@@ -94,7 +97,7 @@ class DockerAgentSupport:
         return self._run_dir
 
     def agent_socket(self, sandbox_id: str) -> AgentEndpoint | None:
-        """The sandbox's agent, if it answered when the sandbox started (None: Engine API only)."""
+        """The sandbox's agent (None: its commands take the Engine API)."""
         return self._agents.get(sandbox_id)
 
     # ------------------------------------------------------------------------- lifecycle hooks
@@ -126,51 +129,52 @@ class DockerAgentSupport:
         mounts.append({"Type": "bind", "Source": str(leaf), "Target": RUN_MOUNT})
         return AgentEndpoint(sandbox_id, str(leaf / SOCKET_NAME), spec.user)
 
-    async def _show_while_agent_starts(
-        self, container: aiodocker.containers.DockerContainer, agent: AgentEndpoint | None
-    ) -> dict[str, Any]:
-        """Inspect the started container while its agent comes up: the wait mostly hides behind it."""
-        if agent is None:
-            return dict(await container.show())
-        ready = asyncio.create_task(self._await_agent(agent))
-        try:
-            info = await container.show()
-        except BaseException:
-            ready.cancel()
-            await asyncio.gather(ready, return_exceptions=True)
-            raise
-        await ready
-        return dict(info)
+    def _register_agent(self, agent: AgentEndpoint | None) -> None:
+        """The sandbox started: its agent is used from now on, once it has answered a first time.
 
-    async def _await_agent(self, agent: AgentEndpoint) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        delay = 0.002
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            try:
-                await agent_ping(agent, timeout_s=max(0.05, deadline - time.monotonic()))
-            except AgentUnavailableError as exc:
-                last = exc
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.05)
-                continue
+        Create does not wait for it (cold acquire stays as fast as without the agent); the first
+        command waits for it instead, for at most READY_TIMEOUT_S from now, then takes the Engine API.
+        """
+        if agent is not None:
             self._agents[agent.sandbox_id] = agent
-            return
-        log.warning(
-            "the exec agent of sandbox %s did not answer within %.0f s (%s); its commands go through the "
-            "Engine API (slower)",
-            agent.sandbox_id,
-            READY_TIMEOUT_S,
-            last,
-        )
+            self._unconfirmed[agent.sandbox_id] = time.monotonic() + READY_TIMEOUT_S
+
+    async def _agent_listens(self, agent: AgentEndpoint) -> bool | None:
+        """True once the agent has answered; False if it never did (warned); None if the sandbox went."""
+        deadline = self._unconfirmed.get(agent.sandbox_id)
+        if deadline is None:
+            return True
+        delay = 0.001
+        while True:
+            if agent.sandbox_id not in self._unconfirmed:  # another command settled it meanwhile
+                return True if agent.sandbox_id in self._agents else None
+            try:
+                await agent_ping(agent, timeout_s=PING_TIMEOUT_S)
+            except AgentUnavailableError as exc:
+                if isinstance(exc, AgentNotListeningError) and time.monotonic() < deadline:
+                    await asyncio.sleep(delay)  # not up yet: it starts with the container
+                    delay = min(delay * 2, 0.05)
+                    continue
+                if self._unconfirmed.pop(agent.sandbox_id, None) is None:
+                    return None  # destroyed meanwhile, or another command already gave up on it
+                self._agents.pop(agent.sandbox_id, None)
+                log.warning(
+                    "the exec agent of sandbox %s did not answer (%s); its commands take the Engine API (slower)",
+                    agent.sandbox_id,
+                    exc,
+                )
+                return False
+            self._unconfirmed.pop(agent.sandbox_id, None)
+            return True
 
     def _detach_agent(self, sandbox_id: str) -> None:
         """The sandbox is going: commands cut off from now on are its end, not the agent's failure."""
         self._agents.pop(sandbox_id, None)
+        self._unconfirmed.pop(sandbox_id, None)
 
     async def _forget_agent(self, sandbox_id: str) -> None:
         """Drop the sandbox's agent and its host directory (by name: also after a cancelled create)."""
-        self._agents.pop(sandbox_id, None)
+        self._detach_agent(sandbox_id)
         if self.exec_agent:
             await asyncio.to_thread(_remove_sandbox_dirs, self._run_dir, sandbox_id)
 
@@ -199,6 +203,11 @@ class DockerAgentSupport:
         endpoint = self._agent_for(sandbox_id, request.user)
         if endpoint is None:
             return None
+        listens = await self._agent_listens(endpoint)
+        if listens is not True:
+            if listens is False:  # never answered (warned); None: the sandbox went meanwhile
+                self.fallback_execs += 1
+            return None
         started = self._starting.setdefault(request.marker, asyncio.Event())
         try:
             result = await agent_exec(endpoint, request, on_output, started.set)
@@ -217,7 +226,7 @@ class DockerAgentSupport:
 
     async def _kill_via_agent(self, sandbox_id: str, marker: str, user: str) -> bool:
         endpoint = self._agent_for(sandbox_id, user)
-        if endpoint is None:
+        if endpoint is None or not await self._agent_listens(endpoint):
             return False
         starting = self._starting.get(marker)
         if starting is not None:
@@ -226,7 +235,8 @@ class DockerAgentSupport:
         try:
             await agent_kill(endpoint, marker)
         except AgentUnavailableError as exc:
-            log.warning("%s; killing marked processes through the Engine API instead", exc)
+            if sandbox_id in self._agents:
+                log.warning("%s; killing marked processes through the Engine API instead", exc)
             return False
         return True
 

@@ -72,10 +72,11 @@ class DockerLifecycle(DockerAgentSupport):
         try:
             async with engine_errors(sandbox_id):
                 await container.start()
-                info = await self._show_while_agent_starts(container, agent)
+                info = await container.show()
         except BaseException:
             await asyncio.shield(self.destroy(sandbox_id))
             raise
+        self._register_agent(agent)
         return BackendSandbox(sandbox_id=sandbox_id, container_id=container.id, address=_address(info))
 
     async def destroy(self, sandbox_id: str) -> None:
@@ -87,7 +88,9 @@ class DockerLifecycle(DockerAgentSupport):
         except BackendError as exc:
             if exc.status != 404 and not (exc.status == 409 and "already in progress" in str(exc)):
                 raise
-        await self._forget_agent(sandbox_id)
+        finally:
+            # Even when the caller gives up half-way (a cancelled reaper): the host directory goes too.
+            await asyncio.shield(self._forget_agent(sandbox_id))
 
     async def is_running(self, sandbox_id: str) -> bool:
         try:

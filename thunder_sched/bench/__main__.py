@@ -10,16 +10,18 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import statistics
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from thunder_sched.bench.plot import plot_sweep
 from thunder_sched.bench.runner import BenchError, Mode, RunResult, run_once
@@ -33,7 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m thunder_sched.bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="one size, two runs per mode (about 5 minutes)")
     p.add_argument("--backend", default=None, help="an already running vLLM (base URL); default: start one")
-    p.add_argument("--programs", type=int, default=None, help="parallel programs of the main comparison")
+    p.add_argument(
+        "--programs", type=int, default=None, help="parallel programs (default: enough for 2.5x the KV pool)"
+    )
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None, help="runs per mode, alternating (>= 2)")
     p.add_argument("--sweep", default=None, help="comma-separated program counts for the plot (e.g. 4,8,12,16)")
@@ -43,8 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--system-words", type=int, default=None)
     p.add_argument("--output-tokens", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lambda-max", type=float, default=None)
-    p.add_argument("--tau", type=float, default=None)
+    p.add_argument("--lambda-max", type=float, default=1.0)
+    p.add_argument("--lambda-min", type=float, default=0.8, help="restore below this share of the pool")
+    p.add_argument("--tau", type=float, default=60.0, help="acting-token decay constant, s")
+    p.add_argument("--max-wait", type=float, default=None, help="starvation bound, s (default: the policy's)")
     p.add_argument("--time-limit", type=float, default=900.0, help="seconds allowed per run")
     p.add_argument("--plot", type=Path, default=None, help="PNG for the sweep (default docs/sched_throughput.png)")
     p.add_argument("--results", type=Path, default=None, help="also write every run's summary here (JSON)")
@@ -52,10 +58,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _workload(args: argparse.Namespace) -> WorkloadConfig:
+    # Sized for the CPU vLLM's 15,616-token pool: total final context 2-4x the pool.
     base = (
-        WorkloadConfig(programs=10, steps=6, system_words=400, tool_words=220, tool_mean_s=2.0)
+        WorkloadConfig(steps=6, tool_words=200, output_tokens=16, tool_mean_s=1.5)
         if args.quick
-        else WorkloadConfig(programs=14, steps=8, system_words=400, tool_words=220, tool_mean_s=2.0)
+        else WorkloadConfig(steps=12, tool_words=150, output_tokens=16, tool_mean_s=2.0)
     )
     overrides = {
         "programs": args.programs,
@@ -71,12 +78,8 @@ def _workload(args: argparse.Namespace) -> WorkloadConfig:
 
 
 def _policy(args: argparse.Namespace) -> PolicyConfig:
-    fields: dict[str, Any] = {}
-    if args.lambda_max is not None:
-        fields["lambda_max"] = args.lambda_max
-    if args.tau is not None:
-        fields["tau_s"] = args.tau
-    return PolicyConfig(**fields)
+    extra = {} if args.max_wait is None else {"max_wait_s": args.max_wait}
+    return PolicyConfig(lambda_max=args.lambda_max, lambda_min=args.lambda_min, tau_s=args.tau, **extra)
 
 
 def progress(message: str) -> None:
@@ -84,12 +87,13 @@ def progress(message: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def vllm_backend(url: str | None) -> AsyncIterator[tuple[str, str]]:
-    """(base URL, model) of the given server, or of a CPU vLLM started here and stopped afterwards."""
+async def vllm_backend(url: str | None) -> AsyncIterator[tuple[str, str, int | None]]:
+    """(base URL, model, process group) of the given server (group unknown), or of a CPU vLLM started
+    here and stopped afterwards."""
     if url is not None:
         async with httpx.AsyncClient(timeout=30) as client:
             models = (await client.get(f"{url.rstrip('/')}/v1/models")).json()["data"]
-        yield url.rstrip("/"), models[0]["id"]
+        yield url.rstrip("/"), models[0]["id"], None
         return
     from thunder_sched.cpu_vllm import CachePaths, CpuVllmServer, ServerConfig, cache_root_from_env, ensure_cpu_vllm
 
@@ -98,16 +102,18 @@ async def vllm_backend(url: str | None) -> AsyncIterator[tuple[str, str]]:
     log_path = prepared.logs_dir / f"bench-vllm-{time.strftime('%Y%m%d-%H%M%S')}.log"
     await asyncio.to_thread(log_path.parent.mkdir, parents=True, exist_ok=True)
     async with CpuVllmServer(prepared.python, prepared.model_dir, ServerConfig(), log_path=log_path) as server:
-        yield server.url, server.model
+        yield server.url, server.model, server.pid  # the supervisor leads the server's process group
 
 
 async def _scheduler_counts(url: str) -> dict[str, float]:
     async with httpx.AsyncClient(timeout=10) as client:
         text = (await client.get(f"{url}/metrics")).text
-    return {
-        "pauses": counter_total(text, "thunder_pauses"),
-        "restores": counter_total(text, "thunder_restores"),
-    }
+    counts = {"restores": counter_total(text, "thunder_restores")}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "thunder_pauses_total":
+                counts[f"pauses_{sample.labels['reason']}"] = sample.value
+    return counts
 
 
 async def one_run(
@@ -119,6 +125,7 @@ async def one_run(
     salt: str,
     capacity: int,
     time_limit: float,
+    pgid: int | None = None,
 ) -> RunResult:
     system, programs = make_workload(workload)
     kw: dict[str, Any] = dict(
@@ -131,6 +138,7 @@ async def one_run(
         salt=salt,
         capacity=capacity,
         time_limit_s=time_limit,
+        engine_pgid=pgid,
     )
     if mode == "direct":
         return await run_once(url=vllm_url, **kw)
@@ -150,16 +158,36 @@ async def compare(
     capacity: int,
     time_limit: float,
     tag: str,
+    pgid: int | None,
 ) -> list[RunResult]:
     results = []
     for i in range(repeats):
         order: tuple[Mode, Mode] = ("direct", "thunder") if i % 2 == 0 else ("thunder", "direct")
         for mode in order:
             salt = f"{tag}-{mode}-{i}-{time.time_ns()}"
-            result = await one_run(mode, vllm_url, model, workload, policy, salt, capacity, time_limit)
+            result = await one_run(mode, vllm_url, model, workload, policy, salt, capacity, time_limit, pgid)
             progress(json.dumps(result.summary()))
             results.append(result)
     return results
+
+
+def _cpu_per_step(results: list[RunResult], mode: Mode) -> float | None:
+    runs = [r for r in results if r.mode == mode and r.engine_cpu_s is not None]
+    return round(sum(r.engine_cpu_s or 0.0 for r in runs) / sum(r.steps for r in runs), 3) if runs else None
+
+
+async def size_programs(vllm_url: str, model: str, workload: WorkloadConfig, capacity: int, target: float) -> int:
+    """Programs needed for `target` x the KV pool in total final context, from real token counts."""
+    system, programs = make_workload(replace(workload, programs=1))
+    spec = programs[0]
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": spec.task}]
+    for out in spec.tool_outputs:
+        messages += [{"role": "assistant", "content": "x " * workload.output_tokens}, {"role": "user", "content": out}]
+    async with httpx.AsyncClient(timeout=30) as client:
+        resp = await client.post(f"{vllm_url}/tokenize", json={"model": model, "messages": messages})
+        resp.raise_for_status()
+    final = int(resp.json()["count"]) + workload.output_tokens
+    return max(2, math.ceil(target * capacity / final))
 
 
 def _mean(results: list[RunResult], mode: Mode, attr: str) -> float:
@@ -168,22 +196,32 @@ def _mean(results: list[RunResult], mode: Mode, attr: str) -> float:
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     workload, policy = _workload(args), _policy(args)
-    repeats = args.repeats or 2
+    repeats = args.repeats or (2 if args.quick else 3)
     if repeats < 2:
         raise BenchError("--repeats must be at least 2 (alternating runs per mode)")
-    sweep = [int(n) for n in args.sweep.split(",")] if args.sweep else ([] if args.quick else [4, 8, 12, 16])
-    async with vllm_backend(args.backend) as (vllm_url, model):
+    sweep = [int(n) for n in args.sweep.split(",")] if args.sweep else ([] if args.quick else [4, 8, 12])
+    async with vllm_backend(args.backend) as (vllm_url, model, pgid):
         async with httpx.AsyncClient(timeout=30) as client:
             cache = parse_cache_config((await client.get(f"{vllm_url}/metrics")).text)
         if cache is None:
             raise BenchError(f"{vllm_url}/metrics has no vllm:cache_config_info: is it a vLLM server?")
         capacity = cache.capacity_tokens
+        if args.programs is None:
+            workload = replace(workload, programs=await size_programs(vllm_url, model, workload, capacity, 2.5))
         progress(f"vLLM {vllm_url} model {model}: KV pool {capacity} tokens; workload {workload}; {policy}")
-        main = await compare(vllm_url, model, workload, policy, repeats, capacity, args.time_limit, "main")
+        main = await compare(vllm_url, model, workload, policy, repeats, capacity, args.time_limit, "main", pgid)
         points = []
         for n in sweep:
             runs = await compare(
-                vllm_url, model, replace(workload, programs=n), policy, 1, capacity, args.time_limit, f"sweep{n}"
+                vllm_url,
+                model,
+                replace(workload, programs=n),
+                policy,
+                1,
+                capacity,
+                args.time_limit,
+                f"sweep{n}",
+                pgid,
             )
             points += [r.summary() for r in runs]
     if points:
@@ -205,10 +243,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "thunder_hit_rate": round(_mean(main, "thunder", "hit_rate"), 4),
         "ideal_hit_rate": round(statistics.fmean(r.ideal_hit_rate for r in main), 4),
         "oversubscription": round(statistics.fmean(r.oversubscription for r in main), 2),
+        "direct_engine_cpu_s_per_step": _cpu_per_step(main, "direct"),
+        "thunder_engine_cpu_s_per_step": _cpu_per_step(main, "thunder"),
         "programs": workload.programs,
         "steps_per_program": workload.steps,
         "runs_per_mode": repeats,
         "kv_pool_tokens": capacity,
+        "policy": policy.model_dump(),
+        "workload": asdict(workload),
     }
     if args.results:
         args.results.parent.mkdir(parents=True, exist_ok=True)

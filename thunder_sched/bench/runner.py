@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
 
+from thunder_sched.bench.cpu import group_cpu_seconds
 from thunder_sched.bench.workload import ProgramSpec, WorkloadConfig
 from thunder_sched.vllm_metrics import counter_total, gauge_value
 
@@ -42,6 +44,8 @@ class RunResult:
     final_context_tokens: int
     capacity_tokens: int
     scheduler: dict[str, float] = field(default_factory=dict)
+    engine_cpu_s: float | None = None  # CPU seconds of the vLLM processes during the run, if known
+    loadavg: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at start and end (shared machine)
 
     @property
     def steps_per_min(self) -> float:
@@ -69,6 +73,8 @@ class RunResult:
             "hit_rate": round(self.hit_rate, 4),
             "ideal_hit_rate": round(self.ideal_hit_rate, 4),
             "oversubscription": round(self.oversubscription, 2),
+            "engine_cpu_s_per_step": round(self.engine_cpu_s / self.steps, 3) if self.engine_cpu_s else None,
+            "loadavg_start_end": [round(x, 1) for x in self.loadavg],
             **self.scheduler,
         }
 
@@ -181,12 +187,14 @@ async def run_once(
     salt: str,
     capacity: int,
     time_limit_s: float,
+    engine_pgid: int | None = None,
 ) -> RunResult:
     limits = httpx.Limits(max_connections=4 * len(programs) + 8)
     async with httpx.AsyncClient(timeout=httpx.Timeout(time_limit_s, connect=10.0), limits=limits) as client:
         await wait_idle(client, vllm_url)
         system_tokens = await system_prefix_tokens(client, vllm_url, model, system)
         hits0, queries0, _ = await cache_counters(client, vllm_url)
+        cpu0, load0 = await asyncio.to_thread(group_cpu_seconds, engine_pgid), os.getloadavg()[0]
         records: list[StepRecord] = []
         started = time.monotonic()
         tasks = [
@@ -203,6 +211,7 @@ async def run_once(
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         makespan = time.monotonic() - started
+        cpu1, load1 = await asyncio.to_thread(group_cpu_seconds, engine_pgid), os.getloadavg()[0]
         hits1, queries1, _ = await cache_counters(client, vllm_url)
     finals = {r.program: r.prompt_tokens + r.completion_tokens for r in records if r.step == config.steps - 1}
     return RunResult(
@@ -216,4 +225,6 @@ async def run_once(
         ideal_cached_tokens=ideal_cached(records, system_tokens),
         final_context_tokens=sum(finals.values()),
         capacity_tokens=capacity,
+        engine_cpu_s=cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None,
+        loadavg=(load0, load1),
     )

@@ -1,0 +1,144 @@
+"""The combined app's routes under uvicorn, without Docker or vLLM: the scheduler's API at /v1 and under
+/p/{program_id}/v1, the MCP endpoints behind the token, /thunder/status, /metrics, and a shutdown that ends
+every program on both sides. The backend is a small OpenAI-like fake (the real vLLM is in tests/vllm)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from mcp_server import HttpConfig
+from thunder_env import ManagerConfig
+from thunder_sched.combined.app import build_combined
+from thunder_sched.combined.config import CombinedConfig
+from thunder_sched.combined.envs import CombinedEnvManager
+from thunder_sched.combined.mcp_client import connect, program_url
+from thunder_sched.combined.serve import serving
+from thunder_sched.combined.status import StatusReport
+from thunder_sched.config import SchedulerConfig
+from thunder_sched.policy import Status
+
+from .test_combined_link import MemoryBackend
+
+BACKEND = "http://fake-vllm"
+TOKEN = "unit-token-" + "0123456789abcdef"
+
+
+@dataclass
+class FakeVllm:
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/metrics":
+            return httpx.Response(200, text='vllm:cache_config_info{block_size="16",num_gpu_blocks="256"} 1.0\n')
+        if path == "/v1/models":
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "fake", "max_model_len": 4096}]})
+        if path == "/tokenize":
+            return httpx.Response(200, json={"count": 10})
+        if path == "/v1/chat/completions":
+            body = json.loads(request.content)
+            self.bodies.append(body)
+            usage = {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}
+            choice = {"index": 0, "message": {"role": "assistant", "content": "ok ok"}, "finish_reason": "stop"}
+            return httpx.Response(200, json={"choices": [choice], "usage": usage})
+        return httpx.Response(404)
+
+
+@dataclass
+class Served:
+    url: str
+    http: httpx.AsyncClient
+    vllm: FakeVllm
+    combined: Any
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Served]:
+    vllm = FakeVllm()
+    backend = MemoryBackend()
+    config = CombinedConfig(
+        scheduler=SchedulerConfig(backends=(BACKEND,), interval_s=0.2),
+        http=HttpConfig(port=0, token=TOKEN),
+        manager=ManagerConfig(namespace="unit-app", min_free_memory_bytes=0),
+    )
+    manager = CombinedEnvManager(backend, config.manager)  # type: ignore[arg-type]
+    await manager.start()
+    combined = build_combined(config, manager, transport=httpx.MockTransport(vllm))
+    try:
+        async with serving(combined.app) as running, httpx.AsyncClient(base_url=running.url, timeout=30) as http:
+            yield Served(running.url, http, vllm, combined)
+        # Shutdown ended every MCP program, releasing it in the scheduler too.
+        assert combined.registry.programs() == []
+        assert all(p.terminated_reason == "released" for p in combined.scheduler.programs(include_terminated=True)
+                   if p.program_id.startswith("tools-"))  # fmt: skip
+    finally:
+        await manager.close()
+    assert not backend.live
+
+
+def chat(**extra: Any) -> dict[str, Any]:
+    return {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, **extra}
+
+
+async def test_the_openai_api_with_the_program_in_the_url_or_the_body(served: Served) -> None:
+    response = await served.http.post("/p/agent-1/v1/chat/completions", json=chat())
+    assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == "ok ok"
+    response = await served.http.post("/v1/chat/completions", json=chat(program_id="agent-2"))
+    assert response.status_code == 200
+    assert all("program_id" not in body for body in served.vllm.bodies)  # never forwarded to vLLM
+    steps = {p.program_id: p.steps for p in served.combined.scheduler.programs()}
+    assert steps == {"agent-1": 1, "agent-2": 1}
+    assert (await served.http.get("/p/agent-1/v1/models")).json()["data"][0]["id"] == "fake"
+    assert (await served.http.get("/health")).json()["status"] == "ok"
+
+
+async def test_conflicting_or_malformed_program_ids_in_the_url_are_refused(served: Served) -> None:
+    conflict = await served.http.post("/p/agent-1/v1/chat/completions", json=chat(), headers={"X-Program-Id": "x"})
+    assert conflict.status_code == 400 and "X-Program-Id" in conflict.json()["error"]["message"]
+    body_conflict = await served.http.post("/p/agent-1/v1/chat/completions", json=chat(program_id="other"))
+    assert body_conflict.status_code == 400
+    malformed = await served.http.post("/p/bad%20id/v1/chat/completions", json=chat())
+    assert malformed.status_code == 400 and "invalid program id" in malformed.json()["error"]["message"]
+    assert served.vllm.bodies == [] and served.combined.scheduler.programs() == []
+
+
+async def test_mcp_is_served_behind_the_token_and_shares_the_program(served: Served) -> None:
+    unauthorized = await served.http.post("/p/agent-3/mcp", json={})
+    assert unauthorized.status_code == 401
+    async with connect(program_url(served.url, "agent-3"), TOKEN) as tools:
+        listed = await tools.call("sandbox_list")
+        assert listed == {"program_id": "agent-3", "sandboxes": []}
+        await served.http.post("/p/agent-3/v1/chat/completions", json=chat())
+        status = StatusReport.model_validate((await served.http.get("/thunder/status?disk=0")).json())
+        (program,) = status.programs
+        assert (program.program_id, program.status, program.phase) == ("agent-3", "active", "acting")
+        assert program.mcp and program.steps == 1
+        assert program.tokens == 12 and program.backend == BACKEND
+        await tools.call("program_end")
+    info = served.combined.scheduler.program("agent-3")
+    assert info.status is Status.TERMINATED and info.terminated_reason == "released"
+    assert served.combined.manager.end_calls == {"agent-3": 1}
+
+
+async def test_metrics_cover_both_sides(served: Served) -> None:
+    await served.http.post("/p/agent-4/v1/chat/completions", json=chat())
+    text = (await served.http.get("/metrics")).text
+    for name in ("thunder_programs{", "thunder_restores_total", "thunder_env_sandboxes", "thunder_mcp_programs"):
+        assert name in text, name
+    assert 'thunder_env_prepared_total{outcome="ready_at_acquire"}' in text
+    assert 'thunder_program_ends_total{side="env"}' in text
+
+
+async def test_shutdown_ends_every_program_still_open(served: Served) -> None:
+    async with connect(program_url(served.url, "tools-1"), TOKEN) as tools:
+        await tools.call("sandbox_list")
+        await served.http.post("/p/tools-1/v1/chat/completions", json=chat())
+    assert served.combined.registry.programs() == ["tools-1"]
+    assert served.combined.scheduler.program("tools-1").status is not Status.TERMINATED
+    # The fixture's teardown stops the server and checks that it ended on both sides.

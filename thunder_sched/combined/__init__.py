@@ -1,0 +1,27 @@
+"""Combined serving: the scheduler, the MCP server and one env manager in one process (`thunder serve`).
+
+`open_combined(config)` gives a `CombinedServer` whose `app` serves `/v1`, `/mcp`, `/p/{program_id}/mcp`,
+`/metrics` and `/thunder/status`; `thunder demo` runs real agent programs against it.
+"""
+
+from .app import CombinedServer, build_combined, open_combined
+from .config import CombinedConfig
+from .errors import AdapterError, CombinedError, DemoError, StatusUnavailableError
+from .link import LinkedProgramRegistry, ProgramLink
+from .serve import serving
+from .status import StatusReport
+
+__all__ = [
+    "AdapterError",
+    "CombinedConfig",
+    "CombinedError",
+    "CombinedServer",
+    "DemoError",
+    "LinkedProgramRegistry",
+    "ProgramLink",
+    "StatusReport",
+    "StatusUnavailableError",
+    "build_combined",
+    "open_combined",
+    "serving",
+]

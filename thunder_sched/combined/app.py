@@ -1,0 +1,138 @@
+"""The combined server: scheduler, MCP server and one env manager in one ASGI app, on one event loop.
+
+    async with open_combined(config) as combined:      # Docker backend + started env manager
+        ...serve combined.app (uvicorn runs its lifespan: scheduler client and loops, MCP sessions)
+
+Routes: `/v1/*`, `/health`, `/programs*` (the scheduler's app), `/p/{program_id}/v1/*` (the same, program
+named in the URL), `/mcp` and `/p/{program_id}/mcp` (the MCP app, behind its bearer token), `/metrics` (both
+sides), `/thunder/status` (JSON, see status.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from mcp_server import ThunderServer, build_server, create_http_app, http_lifespan
+from thunder_env.backend import SandboxBackend
+from thunder_env.docker import DockerBackend
+from thunder_sched.app import create_app, get_scheduler
+from thunder_sched.scheduler import Scheduler
+
+from .config import CombinedConfig
+from .envs import CombinedEnvManager
+from .link import LinkedProgramRegistry, ProgramLink
+from .metrics import combined_registry
+from .routing import PROGRAM_API_PATH, ProgramScopedApi
+from .status import StatusReport, build_status
+
+STATUS_PATH = "/thunder/status"
+
+
+@dataclass(eq=False)
+class CombinedServer:
+    config: CombinedConfig
+    scheduler: Scheduler
+    manager: CombinedEnvManager
+    registry: LinkedProgramRegistry
+    mcp: ThunderServer
+    link: ProgramLink
+    app: Starlette
+    started_at: float
+
+    async def status(self, *, disk: bool = True) -> StatusReport:
+        return await build_status(
+            self.scheduler, self.manager, self.registry, self.link, started_at=self.started_at, disk=disk
+        )
+
+
+def build_combined(
+    config: CombinedConfig, manager: CombinedEnvManager, *, transport: httpx.AsyncBaseTransport | None = None
+) -> CombinedServer:
+    """Wire the components around a started manager. `transport` (tests) replaces the scheduler's network."""
+
+    async def on_program_end(program_id: str) -> None:
+        await link.on_scheduler_end(program_id)
+
+    sched_app = create_app(config.scheduler, on_program_end=on_program_end, transport=transport)
+    scheduler = get_scheduler(sched_app)
+    link = ProgramLink(
+        scheduler, manager, prepare_on_restore=config.prepare_on_restore, prepare_ahead=config.prepare_ahead
+    )
+    manager.add_listener(scheduler.on_tool_event)  # tool events flow in-process to the scheduler
+    registry = LinkedProgramRegistry(manager, config.server, link)
+    link.attach(registry)
+    mcp = build_server(manager, config.server, programs=registry)
+    mcp_app = create_http_app(mcp, config.http)
+    metrics = combined_registry(scheduler, manager, registry, link)
+    combined: CombinedServer
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        # Exit order: MCP first (its registry ends every program, releasing them in the scheduler while
+        # the scheduler still runs), then the link, then the scheduler (it waits for its end notifications).
+        async with sched_app.router.lifespan_context(sched_app):
+            watcher = asyncio.create_task(link.watch_queue(config.queue_check_s), name="thunder-queue-head")
+            try:
+                async with http_lifespan(mcp_app):
+                    yield
+            finally:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+                await link.close()
+
+    async def status(request: Request) -> JSONResponse:
+        disk = request.query_params.get("disk", "1").lower() not in ("0", "false", "no")
+        report = await combined.status(disk=disk)
+        return JSONResponse(report.model_dump(mode="json"))
+
+    async def prometheus(_: Request) -> Response:
+        return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
+
+    mcp_paths = ("/mcp", "/mcp/", "/p/{program_id}/mcp", "/p/{program_id}/mcp/")
+    app = Starlette(
+        routes=[
+            Route(STATUS_PATH, status, methods=["GET"]),
+            Route("/metrics", prometheus, methods=["GET"]),
+            *(Route(path, mcp_app) for path in mcp_paths),
+            Route(PROGRAM_API_PATH, ProgramScopedApi(sched_app)),
+            Mount("/", app=sched_app),
+        ],
+        lifespan=lifespan,
+    )
+    combined = CombinedServer(config, scheduler, manager, registry, mcp, link, app, time.monotonic())
+    return combined
+
+
+@contextlib.asynccontextmanager
+async def open_combined(
+    config: CombinedConfig,
+    *,
+    backend: SandboxBackend | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> AsyncIterator[CombinedServer]:
+    """A started env manager on `backend` (default: a new local `DockerBackend`, closed on exit) and the
+    combined app around it. Serve `app` while inside; on exit every sandbox of the manager is destroyed."""
+    own_backend = backend is None
+    if backend is None:
+        backend = DockerBackend()  # made here, on the running loop (its HTTP session needs one)
+    try:
+        manager = CombinedEnvManager(backend, config.manager)
+        await manager.start()
+        try:
+            yield build_combined(config, manager, transport=transport)
+        finally:
+            await manager.close()
+    finally:
+        if own_backend:
+            await backend.close()

@@ -1,0 +1,222 @@
+"""One program, two sides: its LLM share (the scheduler) and its environments (MCP registry + env manager).
+
+`ProgramLink` couples them in one process:
+- termination on either side ends the other, exactly once: the scheduler's release or inactivity ends the
+  program's MCP state and sandboxes; `program_end`, a closed session or the MCP idle timeout releases it in
+  the scheduler;
+- a paused program at the head of the waiting queue (checked periodically) or about to be restored gets its
+  environment prepared (the spec it last acquired) while it waits and while its held LLM request runs, so
+  its next `sandbox_create` finds a started sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mcp_server import ProgramRegistry, ServerConfig
+from mcp_server.programs import EndReport
+from thunder_env import ThunderError
+from thunder_sched.errors import ProgramNotFoundError
+from thunder_sched.policy import Status
+from thunder_sched.scheduler import Scheduler
+
+from .envs import SPEC_MEMORY, CombinedEnvManager
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class LinkStats:
+    prepares: int = 0  # environments prepared for a program at the head of the queue or about to be restored
+    prepares_skipped: int = 0  # nothing to prepare (no acquire yet, or a sandbox of that spec still held)
+    ended_by_scheduler: int = 0  # programs the scheduler ended first (release, inactivity)
+    ended_by_env: int = 0  # programs the MCP side ended first (program_end, closed session, idle, shutdown)
+
+
+class ProgramLink:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        manager: CombinedEnvManager,
+        *,
+        prepare_on_restore: bool = True,
+        prepare_ahead: int = 1,
+    ) -> None:
+        self.scheduler = scheduler
+        self.manager = manager
+        self.prepare_on_restore = prepare_on_restore
+        self.prepare_ahead = prepare_ahead  # programs at the head of the waiting queue prepared while they wait
+        self.stats = LinkStats()
+        self._registry: ProgramRegistry | None = None
+        self._env_ended: OrderedDict[str, None] = OrderedDict()  # programs whose environment side has ended
+        self._releasing: set[str] = set()  # released here because the env side ended: skip the echo
+        self._prepared: OrderedDict[str, int] = OrderedDict()  # program -> acquire number it was prepared after
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def attach(self, registry: ProgramRegistry) -> None:
+        self._registry = registry
+        self.scheduler.add_restore_listener(self.on_restore)
+
+    @property
+    def registry(self) -> ProgramRegistry:
+        if self._registry is None:
+            raise RuntimeError("ProgramLink.attach(registry) was not called")
+        return self._registry
+
+    # ---- scheduler side ended ---------------------------------------------------------------------
+
+    async def on_scheduler_end(self, program_id: str) -> None:
+        """The scheduler's `on_program_end`: end the program's environments unless they ended first."""
+        if program_id in self._releasing:
+            self._releasing.discard(program_id)  # our own release, after the env side ended
+            return
+        if program_id in self._env_ended or self._closed:
+            return
+        self.stats.ended_by_scheduler += 1
+        await self.registry.end(program_id, f"the scheduler ended it: {self._scheduler_reason(program_id)}")
+
+    def _scheduler_reason(self, program_id: str) -> str:
+        try:
+            return self.scheduler.program(program_id).terminated_reason or "terminated"
+        except ProgramNotFoundError:
+            return "terminated"
+
+    # ---- environment side ended -------------------------------------------------------------------
+
+    def env_ended(self, program_id: str) -> None:
+        """Called once the MCP registry ended a program: release it in the scheduler if it is live there."""
+        if program_id in self._env_ended:
+            return
+        self._env_ended[program_id] = None
+        while len(self._env_ended) > SPEC_MEMORY:
+            self._env_ended.popitem(last=False)
+        if self.live_in_scheduler(program_id):
+            self.stats.ended_by_env += 1
+            self._releasing.add(program_id)
+            self.scheduler.release(program_id)
+
+    def live_in_scheduler(self, program_id: str) -> bool:
+        try:
+            return self.scheduler.program(program_id).status is not Status.TERMINATED
+        except ProgramNotFoundError:
+            return False
+
+    def env_has_ended(self, program_id: str) -> bool:
+        return program_id in self._env_ended
+
+    # ---- waiting queue / restore -> prepare -------------------------------------------------------
+
+    def on_restore(self, program_id: str) -> None:
+        """Scheduler hook, synchronous: the program is about to be restored; prepare its environment now if
+        that was not done while it waited at the head of the queue (never blocks)."""
+        self._maybe_prepare(program_id)
+
+    def prepare_queue_head(self) -> list[str]:
+        """Prepare the environments of the next programs the scheduler will restore; returns their ids."""
+        head = queue_head(self.scheduler, self.prepare_ahead)
+        for program_id in head:
+            self._maybe_prepare(program_id)
+        return head
+
+    async def watch_queue(self, period_s: float) -> None:
+        """Run `prepare_queue_head` every `period_s` until closed (started by the combined app's lifespan)."""
+        while not self._closed:
+            try:
+                self.prepare_queue_head()
+            except Exception:  # a failed round must not stop the watcher
+                log.exception("preparing the head of the waiting queue failed")
+            await asyncio.sleep(period_s)
+
+    def _maybe_prepare(self, program_id: str) -> None:
+        if not self.prepare_on_restore or self._closed or program_id in self._env_ended:
+            return
+        last = self.manager.last_acquire(program_id)
+        if last is None:
+            self.stats.prepares_skipped += 1  # it never acquired an environment: nothing to prepare
+            return
+        spec, number = last
+        if self._prepared.get(program_id) == number:
+            return  # already prepared since its last acquire
+        if self.manager.holds_spec(program_id, spec):
+            self.stats.prepares_skipped += 1  # it still holds such a sandbox
+            return
+        self._prepared[program_id] = number
+        while len(self._prepared) > SPEC_MEMORY:
+            self._prepared.popitem(last=False)
+        task = asyncio.get_running_loop().create_task(self._prepare(program_id, number), name=f"prepare:{program_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _prepare(self, program_id: str, number: int) -> None:
+        # Checked again: the program may have ended or acquired since. No await until prepare() hands the
+        # work to the manager, so an end cannot slip in between (its end_program would reclaim it anyway).
+        last = self.manager.last_acquire(program_id)
+        if last is None or last[1] != number or program_id in self._env_ended or self._closed:
+            return
+        try:
+            await self.manager.prepare(program_id, last[0])
+            self.stats.prepares += 1
+        except ThunderError as exc:
+            log.warning("could not prepare the environment of program %s ahead of its restore: %s", program_id, exc)
+
+    async def close(self) -> None:
+        """Stop reacting; preparations under way finish (the manager reclaims them when it closes)."""
+        self._closed = True
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def queue_head(scheduler: Scheduler, count: int) -> list[str]:
+    """The `count` paused programs the policy will restore first: those waiting past `max_wait_s` (oldest
+    first), then by its restore score (shortest first, aged by waiting time). Mirrors `policy._restore`'s
+    order; a divergence would only change which environment is prepared first."""
+    if count <= 0:
+        return []
+    policy = scheduler.config.policy
+    ready = [p for p in scheduler.programs() if p.status is Status.PAUSED and p.held > 0 and not p.ephemeral]
+    starving = sorted(
+        (p for p in ready if p.waiting_s >= policy.max_wait_s), key=lambda p: (-p.waiting_s, p.program_id)
+    )
+    rest = sorted(
+        (p for p in ready if p.waiting_s < policy.max_wait_s),
+        key=lambda p: (-(1.0 + policy.aging_rate * p.waiting_s) / max(p.tokens, 1), -p.waiting_s, p.program_id),
+    )
+    return [p.program_id for p in [*starving, *rest][:count]]
+
+
+class LinkedProgramRegistry(ProgramRegistry):
+    """The MCP program registry of the combined server: every end is reported to the link, and programs the
+    scheduler tracks are left to its inactivity timer (it sees both their LLM requests and tool events)."""
+
+    def __init__(
+        self,
+        manager: CombinedEnvManager,
+        config: ServerConfig,
+        link: ProgramLink,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(manager, config, clock=clock)
+        self._link = link
+        self._now = clock
+
+    async def end(self, program_id: str, reason: str) -> EndReport:
+        try:
+            return await super().end(program_id, reason)
+        finally:
+            # Also when the caller is cancelled: the end itself runs on, shielded, and the program is retired.
+            self._link.env_ended(program_id)
+
+    async def reap_idle(self) -> list[str]:
+        now = self._now()
+        for program_id in self.programs():
+            state = self.get(program_id)
+            if state is not None and self._link.live_in_scheduler(program_id):
+                state.last_active = now  # the scheduler's inactivity timeout decides for this one
+        return await super().reap_idle()

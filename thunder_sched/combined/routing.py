@@ -1,0 +1,59 @@
+"""`/p/{program_id}/v1/...`: the OpenAI API with the program named in the URL, like `/p/{program_id}/mcp`.
+
+For clients that can set only a base URL (OpenHands, most OpenAI SDK configurations): the request goes to
+`/v1/...` with `X-Program-Id: <program_id>`. A different X-Program-Id in the request is refused (400), and a
+different `program_id` in the body is refused by the scheduler, as for any request naming two programs.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import unquote
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mcp_server.config import PROGRAM_ID_RULE, check_program_id
+
+PROGRAM_API_PATH = "/p/{program_id}/v1/{rest:path}"
+_HEADER = b"x-program-id"
+
+
+class ProgramScopedApi:
+    """ASGI app for the route `PROGRAM_API_PATH`: rewrites the scope and hands it to the scheduler's app."""
+
+    def __init__(self, api: ASGIApp) -> None:
+        self.api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        params = scope.get("path_params", {})
+        program_id = unquote(str(params.get("program_id", "")))
+        try:
+            check_program_id(program_id)
+        except ValueError:
+            await _error(send, 400, f"invalid program id {program_id!r} in the URL: use {PROGRAM_ID_RULE}")
+            return
+        headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != _HEADER]
+        named = [v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == _HEADER]
+        if any(value != program_id for value in named):
+            await _error(send, 400, f"the URL names program {program_id!r} but X-Program-Id names {named[0]!r}")
+            return
+        path = "/v1/" + str(params.get("rest", ""))
+        inner = {
+            **scope,
+            "path": path,
+            "raw_path": path.encode(),
+            "headers": [*headers, (_HEADER, program_id.encode("latin-1"))],
+        }
+        await self.api(inner, receive, send)
+
+
+async def _error(send: Send, status: int, message: str) -> None:
+    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "code": status}}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
