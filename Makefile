@@ -7,9 +7,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PYTEST := $(PY) -m pytest -p no:cacheprovider --timeout=600
 MCP_PORT ?= 8765
 
-.PHONY: install system venv images test test-unit test-docker test-vllm vllm lint serve bench clean
 
-install: system venv images
+.PHONY: install system venv images agent test test-unit test-docker test-vllm vllm lint serve bench clean
+
+install: system venv images agent
 
 system:
 	@scripts/ensure-system.sh
@@ -25,6 +26,12 @@ $(STAMP): pyproject.toml
 
 images: venv system
 	@$(PY) -m thunder_env.images build
+
+# The exec agent that runs inside every sandbox: a static C program built here (gcc -static).
+agent: venv
+	@command -v gcc >/dev/null && test -e /usr/lib/x86_64-linux-gnu/libc.a -o -e /usr/lib/aarch64-linux-gnu/libc.a \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q gcc libc6-dev >/dev/null)
+	@$(PY) -m thunder_env.agent build >/dev/null
 
 vllm: venv
 	@$(PY) -m thunder_sched.cpu_vllm ensure

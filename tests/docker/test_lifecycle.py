@@ -78,6 +78,11 @@ async def test_idle_sandboxes_are_reclaimed(make_manager, backend: DockerBackend
             break
         await asyncio.sleep(0.1)
     assert manager.sandboxes() == []
+    # The listing drops a sandbox when its destroy starts; the engine takes a moment to stop it.
+    for _ in range(50):
+        if not await backend.is_running(lease.sandbox_id):
+            break
+        await asyncio.sleep(0.1)
     assert not await backend.is_running(lease.sandbox_id)
     with pytest.raises(LeaseReleasedError, match="idle"):
         await manager.exec(lease, "true")

@@ -661,7 +661,7 @@ static void run_handler(conn_t *c) {
 /* ------------------------------------------------------------------------------------------ */
 /* the server                                                                                   */
 
-static int listen_on(const char *path, struct stat *bound) {
+static int listen_on(const char *path, struct stat *bound, int quiet) {
     struct sockaddr_un addr;
     memset(&addr, 0, sizeof addr);
     addr.sun_family = AF_UNIX;
@@ -677,7 +677,7 @@ static int listen_on(const char *path, struct stat *bound) {
     int bound_ok = bind(fd, (struct sockaddr *)&addr, sizeof addr) == 0;
     umask(old_mask);
     if (!bound_ok || listen(fd, 1024) < 0 || stat(path, bound) < 0) {
-        logmsg("cannot listen on %s", path);
+        if (!quiet) logmsg("cannot listen on %s", path);
         close(fd);
         return -1;
     }
@@ -693,8 +693,9 @@ static int serve(const char *path) {
     sa.sa_flags = SA_NOCLDWAIT; /* handlers are reaped by the kernel */
     sigaction(SIGCHLD, &sa, NULL);
     struct stat bound;
-    int lfd = listen_on(path, &bound);
+    int lfd = listen_on(path, &bound, 0);
     if (lfd < 0) return 1;
+    int relisten_failed = 0;
     conn_t *conns[MAX_CONNS];
     size_t nconns = 0;
     int64_t last_check = now_ms();
@@ -780,7 +781,8 @@ static int serve(const char *path) {
             last_check = now;
             struct stat st;
             if (stat(path, &st) < 0 || st.st_ino != bound.st_ino || st.st_dev != bound.st_dev) {
-                int fresh = listen_on(path, &bound);
+                int fresh = listen_on(path, &bound, relisten_failed); /* logged once per streak */
+                relisten_failed = fresh < 0;
                 if (fresh >= 0) {
                     close(lfd);
                     lfd = fresh;
