@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 def _workload(args: argparse.Namespace) -> WorkloadConfig:
     # Sized for the CPU vLLM's 15,616-token pool: total final context 2-4x the pool.
     base = (
-        WorkloadConfig(steps=6, tool_words=200, output_tokens=16, tool_mean_s=1.5)
+        WorkloadConfig(steps=8, tool_words=150, output_tokens=16, tool_mean_s=1.0)
         if args.quick
         else WorkloadConfig(steps=12, tool_words=150, output_tokens=16, tool_mean_s=2.0)
     )
@@ -207,7 +207,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             raise BenchError(f"{vllm_url}/metrics has no vllm:cache_config_info: is it a vLLM server?")
         capacity = cache.capacity_tokens
         if args.programs is None:
-            workload = replace(workload, programs=await size_programs(vllm_url, model, workload, capacity, 2.5))
+            target = 2.5  # x the KV pool, within the 2-4x
+            workload = replace(workload, programs=await size_programs(vllm_url, model, workload, capacity, target))
         progress(f"vLLM {vllm_url} model {model}: KV pool {capacity} tokens; workload {workload}; {policy}")
         main = await compare(vllm_url, model, workload, policy, repeats, capacity, args.time_limit, "main", pgid)
         points = []

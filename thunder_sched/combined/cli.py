@@ -25,6 +25,7 @@ from mcp_server import HttpConfig, ServerConfig
 from mcp_server.cli import claude_command
 from thunder_env import ManagerConfig, ThunderError
 from thunder_sched.config import PolicyConfig, SchedulerConfig
+from thunder_sched.cpu_vllm.errors import CpuVllmError
 
 from .config import DEFAULT_NAMESPACE, DEFAULT_PORT, CombinedConfig
 from .errors import CombinedError
@@ -214,7 +215,7 @@ def demo(
             else:
                 run = run_local_demo(config, backend_url=backend, say=say, on_step=on_step)
             report = asyncio.run(_cancel_on_signals(run))
-        except (ThunderError, CombinedError) as exc:
+        except (ThunderError, CombinedError, CpuVllmError) as exc:
             raise _fail(str(exc)) from None
     for error in report.errors:
         err.print(f"[red]error[/] {error}")
