@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lambda-max", type=float, default=1.0)
     p.add_argument("--lambda-min", type=float, default=0.8, help="restore below this share of the pool")
-    p.add_argument("--tau", type=float, default=60.0, help="acting-token decay constant, s")
+    p.add_argument("--tau", type=float, default=15.0, help="acting-token decay constant, s")
     p.add_argument("--max-wait", type=float, default=None, help="starvation bound, s (default: the policy's)")
     p.add_argument("--time-limit", type=float, default=900.0, help="seconds allowed per run")
     p.add_argument("--plot", type=Path, default=None, help="PNG for the sweep (default docs/sched_throughput.png)")
@@ -62,7 +62,7 @@ def _workload(args: argparse.Namespace) -> WorkloadConfig:
     base = (
         WorkloadConfig(steps=8, tool_words=150, output_tokens=16, tool_mean_s=1.0)
         if args.quick
-        else WorkloadConfig(steps=12, tool_words=150, output_tokens=16, tool_mean_s=2.0)
+        else WorkloadConfig(steps=12, tool_words=150, output_tokens=16, tool_mean_s=1.0)
     )
     overrides = {
         "programs": args.programs,
@@ -229,7 +229,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         main_n = workload.programs
         if not any(p["programs"] == main_n for p in points):  # the main comparison is a point too
             for mode in ("direct", "thunder"):
-                points.append({"mode": mode, "programs": main_n, "steps_per_min": _mean(main, mode, "steps_per_min")})
+                points.append(
+                    {
+                        "mode": mode,
+                        "programs": main_n,
+                        "steps_per_min": _mean(main, mode, "steps_per_min"),
+                        "oversubscription": _mean(main, mode, "oversubscription"),
+                    }
+                )
         points.sort(key=lambda p: (p["mode"], p["programs"]))
         path = args.plot or Path("docs/sched_throughput.png")
         plot_sweep(points, path, f"CPU vLLM, KV pool {capacity} tokens, {workload.steps} steps/program")

@@ -17,6 +17,16 @@ def plot_sweep(points: list[dict], path: Path, title: str) -> None:
         ys = [p["steps_per_min"] for p in points if p["mode"] == mode]
         label = "vLLM direct" if mode == "direct" else "through thunder-sched"
         ax.plot(xs, ys, marker=marker, label=label)
+    for p in points:  # how far the programs' total final context exceeds the KV pool
+        if p["mode"] == "direct" and p.get("oversubscription"):
+            ax.annotate(
+                f"{p['oversubscription']:.1f}x pool",
+                (p["programs"], p["steps_per_min"]),
+                textcoords="offset points",
+                xytext=(0, -14),
+                ha="center",
+                fontsize=7,
+            )
     ax.set_xlabel("parallel programs")
     ax.set_ylabel("steps per minute")
     ax.set_title(title, fontsize=9)
