@@ -121,7 +121,7 @@ def test_status_table_shows_each_program() -> None:
 
 def test_demo_sizing_oversubscribes_the_pool_or_says_why_it_cannot() -> None:
     config = DemoConfig.quick()
-    assert (config.programs, config.steps, config.oversubscription) == (6, 5, 1.8)
+    assert (config.programs, config.steps, config.oversubscription) == (6, 4, 1.8)
     assert DemoConfig.quick(3, steps=2).steps == 2
     plan = make_plan(config, "m", capacity=15616, max_model_len=8192)
     final = 1.5 * (config.system_words + config.task_words) + config.steps * plan.growth_tokens

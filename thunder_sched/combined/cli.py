@@ -162,7 +162,7 @@ def status(
 @app.command()
 def demo(
     programs: Annotated[int | None, typer.Option(min=1, help="agent programs to run (default 10, quick 6)")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="steps per program (default 6, quick 5)")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="steps per program (default 6, quick 4)")] = None,
     quick: Annotated[bool, typer.Option(help="a small run (about a minute once vLLM is up)")] = False,
     backend: Annotated[str | None, typer.Option(help="vLLM base URL (default: start the CPU vLLM)")] = None,
     server: Annotated[

@@ -66,7 +66,7 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, programs: int | None = None, **overrides: object) -> DemoConfig:
-        settings: dict[str, object] = {"steps": 5, "oversubscription": 1.8, **overrides}
+        settings: dict[str, object] = {"steps": 4, "oversubscription": 1.8, **overrides}
         return cls(programs=6 if programs is None else programs, **settings)  # type: ignore[arg-type]
 
 
