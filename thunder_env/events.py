@@ -24,6 +24,7 @@ class ToolEvent:
     time: float
     duration_s: float | None = None
     exit_code: int | None = None
+    command: str | None = None  # the command's first word only (e.g. "pytest"): enough to learn durations
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -35,7 +36,20 @@ class ToolEvent:
             "time": self.time,
             "duration_s": self.duration_s,
             "exit_code": self.exit_code,
+            "command": self.command,
         }
+
+
+def command_word(argv: list[str]) -> str | None:
+    """The program a command runs: argv[0], or for `sh -c SCRIPT` the script's first word, path stripped
+    and cut to 48 characters (the full command never leaves the manager in an event)."""
+    if len(argv) >= 3 and argv[1] == "-c" and argv[0].rsplit("/", 1)[-1] in ("sh", "bash", "dash"):
+        words = argv[2].split(maxsplit=1)
+    else:
+        words = argv[:1]
+    if not words:
+        return None
+    return words[0].rsplit("/", 1)[-1][:48] or None
 
 
 ToolEventListener = Callable[[ToolEvent], Awaitable[None]]

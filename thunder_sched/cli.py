@@ -33,10 +33,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-time-decay", action="store_true", help="count acting programs' tokens in full")
     p.add_argument("--aging-rate", type=float, default=pol["aging_rate"].default)
     p.add_argument(
+        "--max-step-wait",
         "--max-wait",
+        dest="max_wait",
         type=float,
         default=pol["max_wait_s"].default,
-        help="seconds after which a waiting program is served first",
+        help="latency objective: a ready program waiting this long is served first, with room reserved and "
+        "idle programs preempted for it (seconds)",
+    )
+    p.add_argument("--no-tool-aware", action="store_true", help="ignore tool events' durations (paper's policy)")
+    p.add_argument(
+        "--tool-pause",
+        type=float,
+        default=pol["tool_pause_s"].default,
+        help="a running tool expected to need more than this many more seconds gives up its KV room, s",
+    )
+    p.add_argument(
+        "--host-tier-tokens",
+        action="append",
+        default=[],
+        metavar="URL=TOKENS",
+        help="host KV tier size of a backend, when its /metrics does not report it (repeatable)",
     )
     p.add_argument("--cache-affinity", type=float, default=pol["cache_affinity_s"].default)
     cfg = SchedulerConfig.model_fields
@@ -61,6 +78,8 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
         aging_rate=args.aging_rate,
         max_wait_s=args.max_wait,
         cache_affinity_s=args.cache_affinity,
+        tool_aware=not args.no_tool_aware,
+        tool_pause_s=args.tool_pause,
     )
     return SchedulerConfig(
         backends=tuple(args.backend),
@@ -69,14 +88,25 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
         backend_refresh_s=args.backend_refresh,
         inactivity_timeout_s=args.inactivity_timeout,
         env_manager_url=args.env_manager_url,
+        host_tier_tokens=_tiers(args.host_tier_tokens),
     )
+
+
+def _tiers(items: list[str]) -> dict[str, int]:
+    tiers = {}
+    for item in items:
+        url, sep, tokens = item.rpartition("=")
+        if not sep or not tokens.isdigit():
+            raise ValueError(f"--host-tier-tokens wants URL=TOKENS, got {item!r}")
+        tiers[url] = int(tokens)
+    return tiers
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
-    except ValidationError as exc:
+    except (ValidationError, ValueError) as exc:
         sys.exit(f"thunder-sched: invalid configuration:\n{exc}")
     import uvicorn  # imported here: only the entry point needs the server
 

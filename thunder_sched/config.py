@@ -28,6 +28,24 @@ class PolicyConfig(BaseModel):
     cache_affinity_s: float = Field(
         30.0, ge=0, description="a program paused less than this ago prefers its previous backend (prefix cache)"
     )
+    tool_aware: bool = Field(
+        True,
+        description="use tool events: learn tool durations and free the room of programs whose tool is expected "
+        "to outlast the value of their cache",
+    )
+    tool_pause_s: float = Field(
+        8.0, gt=0, description="a running tool expected to need more than this many more seconds frees its room"
+    )
+    host_tier_cost_ratio: float = Field(
+        0.067,
+        gt=0,
+        le=1,
+        description="cost of restoring from a host KV tier relative to recomputing (H200: 0.039 s vs 0.60 s); "
+        "scales tool_pause_s on backends with a tier",
+    )
+    flap_window_s: float = Field(
+        5.0, gt=0, description="a pause followed by a restore of the same program within this is counted a flap"
+    )
 
     @model_validator(mode="after")
     def _watermarks(self) -> PolicyConfig:
@@ -53,7 +71,10 @@ class SchedulerConfig(BaseModel):
     backend_failures_to_down: int = Field(2, ge=1, description="consecutive failed probes that mark a backend down")
     connect_timeout_s: float = Field(5.0, gt=0)
     request_timeout_s: float | None = Field(
-        None, gt=0, description="read timeout of a forwarded request; None waits as long as generation takes"
+        600.0,
+        gt=0,
+        description="idle timeout of a forwarded request: the longest silence from the backend (a non-streaming "
+        "response is silent until done); None waits forever",
     )
     inactivity_timeout_s: float = Field(
         600.0, gt=0, description="a program with no request, no running tool and no event for this long ends"
@@ -61,12 +82,25 @@ class SchedulerConfig(BaseModel):
     no_backend_timeout_s: float = Field(
         60.0, gt=0, description="a request waiting while no backend is usable fails after this long (503)"
     )
+    late_restore_s: float = Field(
+        1.0, gt=0, description="a paused program's request held longer than this counts as a late restore"
+    )
+    decode_reserve_tokens: int = Field(
+        256, ge=0, description="decode room reserved for a request before the program's output length is known"
+    )
+    max_tool_s: float = Field(
+        3600.0, gt=0, description="a tool with no tool_end after this long is treated as ended (lost event)"
+    )
     tokenize_first_request: bool = Field(True, description="count a new program's first prompt with /tokenize")
     default_chars_per_token: float = Field(4.0, gt=0, description="estimate before any calibration")
     env_manager_url: str | None = Field(
         None,
         description="POST here when a program ends; '{program_id}' is substituted, "
         "else '/programs/{program_id}/end' is appended",
+    )
+    host_tier_tokens: dict[str, int] = Field(
+        default_factory=dict,
+        description="host (CPU) KV tier size in tokens per backend URL, when the backend's /metrics does not tell",
     )
     max_connections: int = Field(1024, ge=1, description="connection pool size towards the backends")
     terminated_history: int = Field(256, ge=0, description="recently terminated programs kept for GET /programs")
@@ -80,4 +114,11 @@ class SchedulerConfig(BaseModel):
         if len(set(cleaned)) != len(cleaned):
             raise ValueError(f"duplicate backend URLs in {list(self.backends)}")
         object.__setattr__(self, "backends", cleaned)
+        tiers = {url.rstrip("/"): tokens for url, tokens in self.host_tier_tokens.items()}
+        unknown = sorted(set(tiers) - set(cleaned))
+        if unknown:
+            raise ValueError(f"host tier given for unknown backend(s) {unknown}; backends are {list(cleaned)}")
+        if any(tokens < 0 for tokens in tiers.values()):
+            raise ValueError("host tier sizes must be >= 0 tokens")
+        object.__setattr__(self, "host_tier_tokens", tiers)
         return self

@@ -17,6 +17,7 @@ class ToolEventLike(Protocol):
     duration_s: float | None
     exit_code: int | None
     time: float | None
+    # optional: `command` (the command's first word) is read with getattr
 
 
 class ToolEventBody(BaseModel):
@@ -27,6 +28,7 @@ class ToolEventBody(BaseModel):
     kind: Literal["tool_start", "tool_end"]
     sandbox_id: str | None = Field(None, max_length=256)
     tool: str | None = Field(None, max_length=256)
+    command: str | None = Field(None, max_length=4096, description="the command line the tool runs")
     duration_s: float | None = Field(None, ge=0)
     exit_code: int | None = None
     time: float | None = Field(None, description="sender's wall-clock time; informational")
@@ -42,3 +44,4 @@ class ToolEvent(BaseModel):
     duration_s: float | None = None
     exit_code: int | None = None
     time: float | None = None
+    command: str | None = None

@@ -166,8 +166,12 @@ async def stream(scheduler: Scheduler, lease: Lease, upstream: httpx.Response, *
 
     async def body() -> AsyncIterator[bytes]:
         try:
+            seen = 0
             async for chunk in upstream.aiter_bytes():
                 out = tracker.feed(chunk)
+                if tracker.content_events > seen:  # the context grows while it generates
+                    scheduler.progress(lease, tracker.content_events - seen)
+                    seen = tracker.content_events
                 if out:
                     yield out
             tail = tracker.flush()

@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from thunder_sched.policy import PauseReason
 from thunder_sched.scheduler import Scheduler
 
 
@@ -26,9 +27,26 @@ class SchedulerCollector(Collector):
             "thunder_programs_waiting", "Paused programs with a request held in the proxy", value=snap.waiting
         )
         pauses = CounterMetricFamily("thunder_pauses", "Programs paused, by reason", labels=["reason"])
-        for reason in ("thrashing", "backend_down", "starvation"):
-            pauses.add_metric([reason], s.stats.pauses.get(reason, 0))
+        for reason in PauseReason:
+            pauses.add_metric([reason.value], s.stats.pauses.get(reason.value, 0))
         yield pauses
+        yield CounterMetricFamily(
+            "thunder_flaps", "Programs restored within flap_window_s of being paused", value=s.stats.flaps
+        )
+        tool_pauses = CounterMetricFamily(
+            "thunder_tool_pauses_judged",
+            "Pauses for a long tool, by outcome: premature (the tool ended within tool_pause_s) or right",
+            labels=["outcome"],
+        )
+        tool_pauses.add_metric(["premature"], s.stats.tool_pauses_premature)
+        tool_pauses.add_metric(["right"], s.stats.tool_pauses_right)
+        yield tool_pauses
+        yield CounterMetricFamily(
+            "thunder_late_restores",
+            "Restores whose request had waited more than late_restore_s",
+            value=s.stats.late_restores,
+        )
+        yield CounterMetricFamily("thunder_reschedules", "Policy rounds run", value=s.stats.reschedules)
         yield CounterMetricFamily("thunder_restores", "Paused programs restored", value=s.stats.restores)
         yield CounterMetricFamily("thunder_admissions", "New programs admitted", value=s.stats.admissions)
         terminated = CounterMetricFamily("thunder_programs_terminated", "Programs ended", labels=["reason"])
@@ -41,13 +59,25 @@ class SchedulerCollector(Collector):
             "thunder_backend_used_tokens", "Weighted tokens of active programs (thrashing check)", labels=["backend"]
         )
         healthy = GaugeMetricFamily("thunder_backend_healthy", "1 if the backend is up", labels=["backend"])
+        tier = GaugeMetricFamily(
+            "thunder_backend_host_tier_tokens", "Host (CPU) KV tier in tokens; 0 without a tier", labels=["backend"]
+        )
+        tier_used = GaugeMetricFamily(
+            "thunder_backend_host_tier_used_tokens",
+            "Tokens of paused programs accounted in the host KV tier",
+            labels=["backend"],
+        )
         for url, cap in snap.backend_capacity.items():
             capacity.add_metric([url], cap)
             used.add_metric([url], snap.backend_used[url])
             healthy.add_metric([url], 1.0 if snap.backend_healthy[url] else 0.0)
+            tier.add_metric([url], snap.backend_host_tier[url])
+            tier_used.add_metric([url], snap.backend_host_tier_used[url])
         yield capacity
         yield used
         yield healthy
+        yield tier
+        yield tier_used
 
 
 def make_registry(scheduler: Scheduler) -> CollectorRegistry:

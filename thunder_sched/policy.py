@@ -1,27 +1,35 @@
-"""The pure scheduling policy (ThunderAgent sections 4.3.1-4.3.2), no I/O and no asyncio.
+"""The pure scheduling policy (ThunderAgent sections 4.3.1-4.3.2, extended), no I/O and no asyncio.
 
 Input: a snapshot of programs and backends. Output: which programs to pause and where to restore which.
 The scheduler applies the decisions; this module only decides.
 
-Per healthy backend, the thrashing check (eq. 7) weighs reasoning programs by their context c and acting
-programs by c * exp(-t / tau) (t: time since the acting phase began) against lambda_max * capacity. When
-over, it pauses acting programs first, shortest first (score 1/c + [acting]); decay thus lets long-idle
-caches be evicted by the engine instead of pausing anyone. When the memory actually held (eq. 6, plain c)
-is below lambda_min * capacity, it restores from
-one global queue across backends, reasoning-ready first, shortest first (score 1/c + [reasoning]), where a
-program that has waited w seconds counts as (1 + aging_rate * w) times shorter, and a program waiting past
-max_wait_s is served before all others with capacity reserved (and, if need be, freed) for it, so no
-program waits without bound.
+Two loads per backend:
+- the *weighted* load (eq. 7): a reasoning program counts its context c plus the room its decode still
+  needs; an acting program counts c * f(t), f(t) = exp(-t / tau), or, when the scheduler knows its tool
+  (tool events), c while the tool is expected to end soon and 0 once it is expected to outlast the value
+  of its cache;
+- the *held* load: every active program at its full c (plus decode room while reasoning). It is what the
+  pool must hold when all of them reason at once, so it never exceeds lambda_max * capacity after a round.
+
+Per round: programs on a down backend are paused; a backend whose weighted load is over the limit pauses
+acting programs first, shortest first (eq. 11); then ready programs are restored from one queue (eq. 10 with
+aging): starving ones (waited past max_wait_s) first, then programs already in progress, then newcomers,
+KV still in a host tier before KV that must be recomputed. A program fits a backend when its weighted load
+leaves room; the room that decayed acting programs still hold is then freed by pausing them at once
+(reason `decay` or `tool`), so decay frees room without over-committing the pool.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from thunder_sched.config import PolicyConfig
+
+_EPS = 1e-9
 
 
 class Phase(StrEnum):
@@ -39,6 +47,8 @@ class PauseReason(StrEnum):
     THRASHING = "thrashing"
     BACKEND_DOWN = "backend_down"
     STARVATION = "starvation"  # preempted to make room for a program waiting past max_wait_s
+    DECAY = "decay"  # its decayed room was given to a ready program
+    TOOL = "tool"  # its tool is expected to outlast its cache's value; its room was given to a ready program
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,13 +67,21 @@ class ProgramView:
     previous_backend: str | None = None
     paused_s: float = math.inf  # time since it was paused
     active_s: float = math.inf  # time since it was (re)activated
+    reserve: int = 0  # decode room still needed while reasoning (tokens)
+    in_progress: bool = False  # has run before: restored ahead of newcomers
+    # Its running tool, as the scheduler judges it from learned durations: None (no tool events: time decay
+    # applies), False (expected to end soon: keeps its room), True (expected to outlast its cache's value).
+    tool_marked: bool | None = None
+    in_host_tier: bool = False  # paused, and its KV is still in its previous backend's host tier
 
 
 @dataclass(frozen=True, slots=True)
 class BackendView:
     url: str
-    capacity: int  # KV pool size in tokens; 0 when unknown
+    capacity: int  # KV pool size in tokens (summed over the engines behind the URL); 0 when unknown
     healthy: bool
+    host_tier_tokens: int = 0  # host (CPU) KV tier size in tokens; 0 when the backend has none
+    engine_running_tokens: float | None = None  # KV the engine reports held by running requests, if known
 
     @property
     def usable(self) -> bool:
@@ -93,9 +111,6 @@ class Decisions:
         return bool(self.pauses or self.restores)
 
 
-_PauseFn = Callable[[ProgramView, PauseReason], None]
-
-
 def decay(acting_s: float, config: PolicyConfig) -> float:
     """f(t) of equation 7: exp(-t / tau), or 1 when time decay is off."""
     if not config.time_decay:
@@ -104,10 +119,26 @@ def decay(acting_s: float, config: PolicyConfig) -> float:
 
 
 def weight(program: ProgramView, config: PolicyConfig) -> float:
-    """The program's share of the thrashing check."""
-    if program.phase is Phase.ACTING:
-        return program.tokens * decay(program.acting_s, config)
-    return float(program.tokens)
+    """The program's share of the weighted load (the thrashing check and restore room)."""
+    if program.phase is Phase.REASONING:
+        return float(program.tokens + program.reserve)
+    if config.tool_aware and program.tool_marked is not None:
+        return 0.0 if program.tool_marked else float(program.tokens)
+    return program.tokens * decay(program.acting_s, config)
+
+
+def is_idle(program: ProgramView, config: PolicyConfig) -> bool:
+    """An acting program whose weight may fall below its memory: it decays, or its tool was judged long."""
+    if program.phase is not Phase.ACTING:
+        return False
+    if config.tool_aware and program.tool_marked is not None:
+        return program.tool_marked
+    return config.time_decay
+
+
+def held(program: ProgramView) -> float:
+    """Memory the program may claim at any moment: its whole context (plus decode room while reasoning)."""
+    return float(program.tokens + (program.reserve if program.phase is Phase.REASONING else 0))
 
 
 def pause_score(program: ProgramView) -> float:
@@ -122,6 +153,20 @@ def restore_score(program: ProgramView, config: PolicyConfig) -> float:
     return aging / max(program.tokens, 1) + ready
 
 
+def restore_key(p: ProgramView, config: PolicyConfig) -> tuple[int, int, float, float, str]:
+    """Sort key of the waiting queue: starving programs (oldest first), then programs in progress, then
+    newcomers; within a class KV in a host tier first, then by restore score."""
+    if p.waiting_s >= config.max_wait_s:
+        return (0, 0, -p.waiting_s, 0.0, p.program_id)
+    return (
+        1 if p.in_progress else 2,
+        0 if p.in_host_tier else 1,
+        -restore_score(p, config),
+        -p.waiting_s,
+        p.program_id,
+    )
+
+
 def backend_loads(programs: Iterable[ProgramView], config: PolicyConfig) -> dict[str, float]:
     """Weighted load of ACTIVE programs per backend (the left side of the thrashing check)."""
     loads: dict[str, float] = {}
@@ -131,163 +176,360 @@ def backend_loads(programs: Iterable[ProgramView], config: PolicyConfig) -> dict
     return loads
 
 
-def decide(programs: Sequence[ProgramView], backends: Sequence[BackendView], config: PolicyConfig) -> Decisions:
-    """One round of the policy: evacuate down backends, relieve thrashing, then restore from the queue."""
-    by_url = {b.url: b for b in backends}
-    pauses: list[Pause] = []
-    paused_now: set[str] = set()
+class PolicyState(Protocol):
+    """What one round reads. `ViewState` computes it from a full snapshot (the reference); the scheduler's
+    ledger keeps it incrementally, so a round costs what changed, not the number of programs."""
 
-    def pause(p: ProgramView, reason: PauseReason) -> None:
-        pauses.append(Pause(p.program_id, p.backend, reason))
-        paused_now.add(p.program_id)
+    def backends(self) -> Sequence[BackendView]: ...
 
-    active = [p for p in programs if p.status is Status.ACTIVE]
-    # 1. A program never stays on a backend that is down or has no known capacity.
-    for p in active:
-        b = by_url.get(p.backend) if p.backend is not None else None
-        if b is None or not b.usable:
-            pause(p, PauseReason.BACKEND_DOWN)
+    def members(self, url: str) -> Sequence[ProgramView]:
+        """ACTIVE programs placed on `url`."""
+        ...
 
-    # 2. Thrashing check per backend.
-    loads: dict[str, float] = {b.url: 0.0 for b in backends if b.usable}
-    members: dict[str, list[ProgramView]] = {url: [] for url in loads}
-    for p in active:
-        if p.program_id in paused_now:
-            continue
-        assert p.backend is not None
-        loads[p.backend] += weight(p, config)
-        members[p.backend].append(p)
-    for url, group in members.items():
-        limit = config.lambda_max * by_url[url].capacity
-        remaining = len(group)
-        for p in sorted(group, key=lambda q: (-pause_score(q), q.program_id)):
-            if loads[url] <= limit:
+    def idle_members(self, url: str) -> Sequence[ProgramView]:
+        """Members acting with a weight below their memory (decayed, or a tool judged long)."""
+        ...
+
+    def idle_held(self, url: str) -> float:
+        """Memory of the idle members: the most a restore could free there."""
+        ...
+
+    def weighted(self, url: str) -> float:
+        """Weighted load of the members (the thrashing check)."""
+        ...
+
+    def held(self, url: str) -> float:
+        """Memory of the members plus requests still running for paused programs (draining)."""
+        ...
+
+    def draining_weight(self, url: str) -> float:
+        """Weighted load of the draining requests (counted against restores, not the thrashing check)."""
+        ...
+
+    def queue(self) -> Iterable[ProgramView]:
+        """Ready paused programs in restore order."""
+        ...
+
+    def thrash_scope(self) -> Iterable[str]:
+        """Backends whose thrashing check may have changed since the last round."""
+        ...
+
+
+class ViewState:
+    """PolicyState from a full snapshot of programs: O(programs) per round."""
+
+    def __init__(self, programs: Sequence[ProgramView], backends: Sequence[BackendView], config: PolicyConfig):
+        self._backends = backends
+        self._members: dict[str, list[ProgramView]] = {b.url: [] for b in backends}
+        self._idle: dict[str, list[ProgramView]] = {b.url: [] for b in backends}
+        self._weighted: dict[str, float] = dict.fromkeys(self._members, 0.0)
+        self._held: dict[str, float] = dict.fromkeys(self._members, 0.0)
+        self._draining: dict[str, float] = dict.fromkeys(self._members, 0.0)
+        self._stranded: list[ProgramView] = []
+        for p in programs:
+            if p.backend is None or p.status is Status.TERMINATED:
+                continue
+            if p.backend not in self._members:
+                if p.status is Status.ACTIVE:
+                    self._stranded.append(p)
+                continue
+            if p.status is Status.ACTIVE:
+                self._members[p.backend].append(p)
+                self._weighted[p.backend] += weight(p, config)
+                self._held[p.backend] += held(p)
+                if is_idle(p, config):
+                    self._idle[p.backend].append(p)
+            elif p.phase is Phase.REASONING:  # paused, its request still running there
+                self._held[p.backend] += held(p)
+                self._draining[p.backend] += weight(p, config)
+        self._queue = sorted(
+            (p for p in programs if p.status is Status.PAUSED and p.ready), key=lambda p: restore_key(p, config)
+        )
+
+    def backends(self) -> Sequence[BackendView]:
+        return self._backends
+
+    def members(self, url: str) -> Sequence[ProgramView]:
+        return self._members.get(url, [])
+
+    def idle_members(self, url: str) -> Sequence[ProgramView]:
+        return self._idle.get(url, [])
+
+    def idle_held(self, url: str) -> float:
+        return sum(held(p) for p in self._idle.get(url, []))
+
+    def stranded(self) -> list[ProgramView]:
+        """ACTIVE programs on a backend that is not configured any more."""
+        return self._stranded
+
+    def weighted(self, url: str) -> float:
+        return self._weighted.get(url, 0.0)
+
+    def held(self, url: str) -> float:
+        return self._held.get(url, 0.0)
+
+    def draining_weight(self, url: str) -> float:
+        return self._draining.get(url, 0.0)
+
+    def queue(self) -> Iterable[ProgramView]:
+        return self._queue
+
+    def thrash_scope(self) -> Iterable[str]:
+        return self._members.keys()
+
+
+def restore_order(programs: Iterable[ProgramView], config: PolicyConfig) -> list[ProgramView]:
+    """The waiting queue in the order restores are tried."""
+    return sorted((p for p in programs if p.status is Status.PAUSED and p.ready), key=lambda p: restore_key(p, config))
+
+
+class _Round:
+    """One decision round over a PolicyState, with the loads its own decisions change kept as deltas."""
+
+    def __init__(self, state: PolicyState, config: PolicyConfig) -> None:
+        self.state = state
+        self.config = config
+        self.by_url = {b.url: b for b in state.backends()}
+        self.usable = [b for b in self.by_url.values() if b.usable]
+        self.pauses: list[Pause] = []
+        self.restores: list[Restore] = []
+        self.paused_now: set[str] = set()
+        self._dw: dict[str, float] = {}  # change of the members' weighted load
+        self._dh: dict[str, float] = {}  # change of the held load
+        self._dd: dict[str, float] = {}  # change of the draining weight
+        self._victims: dict[str, list[ProgramView]] = {}
+        self._best_room: float | None = None  # cached largest weighted room of an open backend
+        self._room_valid = False
+        self._max_limit = max((self.limit(b.url) for b in self.usable), default=0.0)
+
+    # ---- loads ------------------------------------------------------------------------------
+
+    def limit(self, url: str) -> float:
+        return self.config.lambda_max * self.by_url[url].capacity
+
+    def weighted(self, url: str) -> float:
+        return self.state.weighted(url) + self._dw.get(url, 0.0)
+
+    def room_weighted(self, url: str) -> float:
+        """Weighted load that restores are judged on: members plus draining requests."""
+        return self.weighted(url) + self.state.draining_weight(url) + self._dd.get(url, 0.0)
+
+    def held(self, url: str) -> float:
+        return self.state.held(url) + self._dh.get(url, 0.0)
+
+    def _add(self, deltas: dict[str, float], url: str, value: float) -> None:
+        deltas[url] = deltas.get(url, 0.0) + value
+        self._room_valid = False
+
+    def pause(self, p: ProgramView, reason: PauseReason) -> None:
+        self.pauses.append(Pause(p.program_id, p.backend, reason))
+        self.paused_now.add(p.program_id)
+        url = p.backend
+        if url is None or url not in self.by_url or reason is PauseReason.BACKEND_DOWN:
+            return
+        w = weight(p, self.config)
+        self._add(self._dw, url, -w)
+        if p.phase is Phase.ACTING:
+            self._add(self._dh, url, -held(p))
+        else:  # a running request keeps its KV until it ends: it drains
+            self._add(self._dd, url, w)
+
+    # ---- 1 and 2: down backends, thrashing ----------------------------------------------------
+
+    def evacuate(self) -> None:
+        for b in self.by_url.values():
+            if not b.usable:
+                for p in self.state.members(b.url):
+                    self.pause(p, PauseReason.BACKEND_DOWN)
+        stranded = getattr(self.state, "stranded", None)
+        for p in stranded() if stranded is not None else ():
+            self.pause(p, PauseReason.BACKEND_DOWN)
+
+    def relieve(self) -> None:
+        usable = {b.url for b in self.usable}
+        for url in self.state.thrash_scope():
+            if url not in usable or self.weighted(url) <= self.limit(url) + _EPS:
+                continue
+            group = [p for p in self.state.members(url) if p.program_id not in self.paused_now]
+            remaining = len(group)
+            for p in sorted(group, key=lambda q: (-pause_score(q), q.program_id)):
+                if self.weighted(url) <= self.limit(url) + _EPS:
+                    break
+                if remaining == 1:  # pausing the only program cannot help: it would come straight back
+                    break
+                if weight(p, self.config) <= 0.0:
+                    continue  # pausing it lowers no weighted load
+                self.pause(p, PauseReason.THRASHING)
+                remaining -= 1
+
+    # ---- 3: restores --------------------------------------------------------------------------
+
+    def need(self, p: ProgramView, url: str) -> float:
+        # A program larger than the whole limit still gets a backend, alone.
+        return min(held(p), self.limit(url))
+
+    def size_eligible(self, p: ProgramView) -> list[BackendView]:
+        """Backends that can hold the program whole; only if none can, the largest ones (alone)."""
+        whole = [b for b in self.usable if held(p) <= self.limit(b.url) + _EPS]
+        if whole:
+            return whole
+        biggest = max((b.capacity for b in self.usable), default=0)
+        return [b for b in self.usable if b.capacity == biggest]
+
+    def victims(self, url: str) -> list[ProgramView]:
+        """Acting members whose held room exceeds their weight (decayed, or a long tool), most idle first."""
+        cached = self._victims.get(url)
+        if cached is not None:
+            return [q for q in cached if q.program_id not in self.paused_now]
+        cfg = self.config
+        out = [
+            q
+            for q in self.state.idle_members(url)
+            if q.program_id not in self.paused_now
+            and q.active_s >= cfg.min_residency_s
+            and weight(q, cfg) < held(q) - _EPS
+        ]
+        out.sort(key=lambda q: (weight(q, cfg) / max(held(q), 1.0), -held(q), q.program_id))
+        self._victims[url] = out
+        return out
+
+    def fits(self, p: ProgramView, b: BackendView, starving: bool) -> bool:
+        url = b.url
+        need, limit = self.need(p, url), self.limit(url)
+        w = self.room_weighted(url)
+        if not starving and w >= self.config.low_watermark * b.capacity - _EPS and w > 0:
+            return False  # hysteresis: restore only below the low watermark
+        if w + need > limit + _EPS:
+            return False
+        if self.held(url) + need <= limit + _EPS:
+            return True
+        if self.held(url) - self.state.idle_held(url) + need > limit + _EPS:
+            return False  # even every idle member paused would not make room
+        freeable = sum(held(q) for q in self.victims(url))
+        return self.held(url) - freeable + need <= limit + _EPS
+
+    def free_decayed(self, p: ProgramView, url: str) -> None:
+        """Pause decayed acting members until the program fits the memory actually held."""
+        need, limit = self.need(p, url), self.limit(url)
+        for q in list(self.victims(url)):
+            if self.held(url) + need <= limit + _EPS:
                 break
-            if remaining == 1:  # pausing the only program cannot help: it would come straight back
-                break
-            pause(p, PauseReason.THRASHING)
-            loads[url] -= weight(p, config)
-            remaining -= 1
+            self.pause(q, PauseReason.TOOL if q.tool_marked else PauseReason.DECAY)
 
-    # Restores are judged on the memory actually held (eq. 6: plain c, no decay): decay only decides
-    # when the thrashing check pauses, otherwise room "freed" by an idle program's decay would be handed
-    # to another program and taken back when the idle one returns (pause/restore churn, recomputation).
-    # A request already running keeps its KV until it ends, whether its program is paused or not.
-    loads = {url: 0.0 for url in loads}
-    for p in programs:
-        if p.backend not in loads:
-            continue
-        kept_active = p.status is Status.ACTIVE and p.program_id not in paused_now
-        draining = p.phase is Phase.REASONING and not kept_active
-        if kept_active or draining:
-            loads[p.backend] += p.tokens
-
-    # 3. Restore from the global waiting queue.
-    restores = _restore(programs, by_url, loads, members, paused_now, config, pause)
-    return Decisions(tuple(pauses), tuple(restores))
-
-
-def _restore(
-    programs: Sequence[ProgramView],
-    by_url: dict[str, BackendView],
-    loads: dict[str, float],
-    members: dict[str, list[ProgramView]],
-    paused_now: set[str],
-    config: PolicyConfig,
-    pause: _PauseFn,
-) -> list[Restore]:
-    # Only a program with a held request is restored: a paused acting program has nothing to run, and
-    # reserving room for it would only hold back ready ones. It becomes ready when its next request arrives.
-    queue = [p for p in programs if p.status is Status.PAUSED and p.ready]
-    starving = sorted(
-        (p for p in queue if p.waiting_s >= config.max_wait_s), key=lambda p: (-p.waiting_s, p.program_id)
-    )
-    starving_ids = {p.program_id for p in starving}
-    rest = sorted(
-        (p for p in queue if p.program_id not in starving_ids),
-        key=lambda p: (-restore_score(p, config), -p.waiting_s, p.program_id),
-    )
-    restores: list[Restore] = []
-    for p in [*starving, *rest]:
-        placed = _place(p, by_url, loads, config, starving=p.program_id in starving_ids)
-        if placed is not None:
-            url, affinity = placed
-            loads[url] += _need(p, by_url[url], config)
-            restores.append(Restore(p.program_id, url, affinity))
-            continue
-        if p.program_id in starving_ids:
-            url = _make_room(p, by_url, loads, members, paused_now, config, pause)
-            if url is not None:
-                loads[url] += _need(p, by_url[url], config)
-                restores.append(Restore(p.program_id, url, False))
-            # Reservation: nobody overtakes a starving program, so the room it needs can only grow.
-            break
-    return restores
-
-
-def _need(p: ProgramView, backend: BackendView, config: PolicyConfig) -> float:
-    # A program larger than the whole limit still gets a backend, alone.
-    return float(min(max(p.tokens, 0), config.lambda_max * backend.capacity))
-
-
-def _fits(p: ProgramView, b: BackendView, loads: dict[str, float], config: PolicyConfig, starving: bool) -> bool:
-    if not b.usable:
-        return False
-    load = loads.get(b.url, 0.0)
-    if not starving and load >= config.low_watermark * b.capacity and load > 0:
-        return False  # hysteresis: restore only below the low watermark
-    return load + _need(p, b, config) <= config.lambda_max * b.capacity + 1e-9
-
-
-def _place(
-    p: ProgramView, by_url: dict[str, BackendView], loads: dict[str, float], config: PolicyConfig, starving: bool
-) -> tuple[str, bool] | None:
-    """Previous backend while its prefix is likely cached, else the one with most free room."""
-    prev = by_url.get(p.previous_backend) if p.previous_backend is not None else None
-    if prev is not None and p.paused_s < config.cache_affinity_s and _fits(p, prev, loads, config, starving):
-        return prev.url, True
-    fitting = [b for b in by_url.values() if _fits(p, b, loads, config, starving)]
-    if not fitting:
+    def place(self, p: ProgramView, candidates: list[BackendView], starving: bool) -> tuple[str, bool] | None:
+        """Previous backend while its prefix is likely cached, else the one with most weighted room."""
+        prev = self.by_url.get(p.previous_backend) if p.previous_backend is not None else None
+        if (
+            prev is not None
+            and prev in candidates
+            and (p.paused_s < self.config.cache_affinity_s or p.in_host_tier)
+            and self.fits(p, prev, starving)
+        ):
+            return prev.url, True
+        # The most weighted room first: the first that fits is the best (and the held check, which may
+        # list a backend's idle members, runs on as few backends as possible).
+        by_room = sorted(candidates, key=lambda b: (self.limit(b.url) - self.room_weighted(b.url), b.url), reverse=True)
+        for b in by_room:
+            if self.fits(p, b, starving):
+                return b.url, False
         return None
-    best = max(fitting, key=lambda b: (config.lambda_max * b.capacity - loads.get(b.url, 0.0), b.url))
-    return best.url, False
 
+    def admit(self, p: ProgramView, url: str, affinity: bool) -> None:
+        self.free_decayed(p, url)
+        need = self.need(p, url)
+        self._add(self._dw, url, need)
+        self._add(self._dh, url, need)
+        self.restores.append(Restore(p.program_id, url, affinity))
 
-def _make_room(
-    p: ProgramView,
-    by_url: dict[str, BackendView],
-    loads: dict[str, float],
-    members: dict[str, list[ProgramView]],
-    paused_now: set[str],
-    config: PolicyConfig,
-    pause: _PauseFn,
-) -> str | None:
-    """Preempt residents of one backend so a starving program fits; None if no backend can be freed."""
-    best: tuple[float, str, list[ProgramView]] | None = None
-    for url, group in members.items():
-        b = by_url[url]
-        if not b.usable:
-            continue
-        # Only acting residents free memory at once; a running request keeps its KV until it ends.
+    def best_room(self, reserved: set[str]) -> float | None:
+        """The most weighted room of a backend that may still take a non-starving program (below its low
+        watermark, not reserved); None when there is none. A program needing more fits nowhere."""
+        if not self._room_valid:
+            rooms = []
+            for b in self.usable:
+                w = self.room_weighted(b.url)
+                if b.url in reserved or (w >= self.config.low_watermark * b.capacity - _EPS and w > 0):
+                    continue
+                rooms.append(self.limit(b.url) - w)
+            self._best_room = max(rooms) if rooms else None
+            self._room_valid = True
+        return self._best_room
+
+    def restore(self) -> None:
+        reserved: set[str] = set()  # held for a starving program: nobody else is placed there
+        blocked_for_new: set[str] = set()  # a program in progress waits for room here: no newcomer takes it
+        for p in self.state.queue():
+            if p.program_id in self.paused_now:
+                continue
+            starving = p.waiting_s >= self.config.max_wait_s
+            if not starving:
+                room = self.best_room(reserved)
+                if room is None:
+                    break  # every backend is at its low watermark: nothing else can be placed this round
+                if room + _EPS < held(p) <= self._max_limit:  # fits nowhere (cheap test: most of a long queue)
+                    if p.in_progress and len(blocked_for_new) < len(self.usable):
+                        target = self._most_room([b for b in self.size_eligible(p) if b.url not in reserved])
+                        if target is not None:
+                            blocked_for_new.add(target)
+                    continue
+            eligible = self.size_eligible(p)
+            candidates = [
+                b
+                for b in eligible
+                if b.url not in reserved and (p.in_progress or starving or b.url not in blocked_for_new)
+            ]
+            placed = self.place(p, candidates, starving)
+            if placed is not None:
+                self.admit(p, *placed)
+                continue
+            target = self._most_room(candidates or eligible)
+            if target is None:
+                continue
+            if starving:
+                if self.make_room(p, target):
+                    self.admit(p, target, False)
+                else:
+                    reserved.add(target)  # the room it needs there can only grow
+                    self._room_valid = False
+            elif p.in_progress:
+                blocked_for_new.add(target)
+
+    def _most_room(self, backends: list[BackendView]) -> str | None:
+        if not backends:
+            return None
+        return max(backends, key=lambda b: (self.limit(b.url) - self.held(b.url), b.url)).url
+
+    def make_room(self, p: ProgramView, url: str) -> bool:
+        """Preempt acting members of `url` (active at least min_residency_s) so a starving program fits."""
+        need, limit = self.need(p, url), self.limit(url)
         victims = sorted(
             (
                 q
-                for q in group
-                if q.program_id not in paused_now and q.phase is Phase.ACTING and q.active_s >= config.min_residency_s
+                for q in self.state.members(url)
+                if q.program_id not in self.paused_now
+                and q.phase is Phase.ACTING
+                and q.active_s >= self.config.min_residency_s
             ),
             key=lambda q: (-pause_score(q), q.program_id),
         )
-        freeable = float(sum(q.tokens for q in victims))
-        room = config.lambda_max * b.capacity - loads.get(url, 0.0) + freeable
-        if room + 1e-9 >= _need(p, b, config) and (best is None or room > best[0]):
-            best = (room, url, victims)
-    if best is None:
-        return None
-    _, url, victims = best
-    limit = config.lambda_max * by_url[url].capacity
-    for q in victims:
-        if loads[url] + _need(p, by_url[url], config) <= limit + 1e-9:
-            break
-        pause(q, PauseReason.STARVATION)
-        loads[url] -= q.tokens
-    return url
+        if self.held(url) - sum(held(q) for q in victims) + need > limit + _EPS:
+            return False
+        for q in victims:
+            if self.held(url) + need <= limit + _EPS and self.room_weighted(url) + need <= limit + _EPS:
+                break
+            self.pause(q, PauseReason.STARVATION)
+        return self.held(url) + need <= limit + _EPS
+
+
+def decide_on(state: PolicyState, config: PolicyConfig) -> Decisions:
+    """One round of the policy: evacuate down backends, relieve thrashing, then restore from the queue."""
+    round_ = _Round(state, config)
+    round_.evacuate()
+    round_.relieve()
+    round_.restore()
+    return Decisions(tuple(round_.pauses), tuple(round_.restores))
+
+
+def decide(programs: Sequence[ProgramView], backends: Sequence[BackendView], config: PolicyConfig) -> Decisions:
+    """The reference round on a full snapshot (tests, and the meaning of every incremental state)."""
+    return decide_on(ViewState(programs, backends, config), config)

@@ -40,6 +40,17 @@ class Program:
     last_activity: float = 0.0
     ever_active: bool = False
     tools_running: int = 0
+    tool_key: str | None = None  # key of the running tool in the duration model
+    tool_started_at: float | None = None
+    tool_paused_at: float | None = None  # paused for its tool (decision quality is judged at tool_end)
+    tool_marked: bool | None = None  # see ProgramView.tool_marked
+    mark_timer: asyncio.TimerHandle | None = None  # marks the running tool as long when it fires
+    reserve_tokens: int = 0  # decode room asked for by the requests in flight or held
+    streamed: int = 0  # tokens streamed so far by the requests in flight
+    output_tokens_ema: float | None = None  # observed output length of this program's responses
+    in_host_tier: bool = False  # paused, its KV still in the previous backend's host tier
+    last_pause_reason: str | None = None
+    flaps: int = 0
     last_tool: str | None = None
     last_tool_duration_s: float | None = None
     last_exit_code: int | None = None
@@ -60,23 +71,29 @@ class Program:
         return Phase.REASONING if (self.running or self.held) else Phase.ACTING
 
     def view(self, now: float) -> ProgramView:
-        """The policy's snapshot of this program."""
-        if self.status is Status.ACTIVE:
+        """The policy's snapshot of this program (positional: this runs for many programs per round)."""
+        status = self.status
+        if status is Status.ACTIVE:
             backend = self.backend
         else:  # a paused program still occupies the backend running its request
             backend = next((b for b, n in self.in_flight.items() if n), None)
+        busy = bool(self.held) or any(self.in_flight.values())
         return ProgramView(
-            program_id=self.program_id,
-            tokens=self.tokens,
-            phase=self.phase,
-            status=self.status,
-            backend=backend,
-            ready=self.status is Status.PAUSED and self.held > 0,
-            acting_s=now - self.acting_since if self.phase is Phase.ACTING else 0.0,
-            waiting_s=now - self.ready_since if self.ready_since is not None else 0.0,
-            previous_backend=self.previous_backend,
-            paused_s=now - self.paused_at if self.paused_at is not None else math.inf,
-            active_s=now - self.activated_at if self.activated_at is not None else math.inf,
+            self.program_id,
+            self.tokens,
+            Phase.REASONING if busy else Phase.ACTING,
+            status,
+            backend,
+            status is Status.PAUSED and self.held > 0,
+            0.0 if busy else now - self.acting_since,
+            now - self.ready_since if self.ready_since is not None else 0.0,
+            self.previous_backend,
+            now - self.paused_at if self.paused_at is not None else math.inf,
+            now - self.activated_at if self.activated_at is not None else math.inf,
+            max(0, self.reserve_tokens - self.streamed) if busy else 0,
+            self.ever_active,
+            self.tool_marked if self.tools_running else None,
+            self.in_host_tier,
         )
 
     def info(self, now: float) -> ProgramInfo:
@@ -103,6 +120,9 @@ class Program:
             pauses=self.pauses,
             restores=self.restores,
             kv_lost=self.kv_lost,
+            flaps=self.flaps,
+            in_host_tier=self.in_host_tier,
+            reserve_tokens=self.reserve_tokens,
             ephemeral=self.ephemeral,
             terminated_reason=self.terminated_reason,
         )
@@ -132,5 +152,8 @@ class ProgramInfo(BaseModel):
     pauses: int
     restores: int
     kv_lost: int
+    flaps: int
+    in_host_tier: bool
+    reserve_tokens: int
     ephemeral: bool
     terminated_reason: str | None

@@ -22,10 +22,20 @@ from thunder_sched.backends import BackendPool, HealthChange
 from thunder_sched.config import SchedulerConfig
 from thunder_sched.errors import BadRequestError, NoBackendError, ProgramNotFoundError, ProgramTerminatedError
 from thunder_sched.events import ToolEventLike
+from thunder_sched.ledger import Ledger
 from thunder_sched.notifier import ProgramEndCallback, ProgramEndNotifier
-from thunder_sched.policy import Decisions, PauseReason, Phase, Status, backend_loads, decide
+from thunder_sched.policy import (
+    BackendView,
+    Decisions,
+    PauseReason,
+    Phase,
+    ProgramView,
+    Status,
+    decide_on,
+)
 from thunder_sched.program import Program, ProgramInfo, Usage
 from thunder_sched.tokens import CharsPerToken, Endpoint, prompt_chars, prompt_token_ids_count, tokenize_count
+from thunder_sched.tool_model import ToolDurationModel, tool_key
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +51,7 @@ class Lease:
     prompt_chars: int
     estimated_tokens: int
     done: bool = False
+    streamed: int = 0  # content events seen so far (about one token each)
 
 
 @dataclass(slots=True)
@@ -50,6 +61,11 @@ class SchedulerStats:
     admissions: int = 0
     terminated: Counter[str] = field(default_factory=Counter)
     kv_lost: int = 0
+    flaps: int = 0  # restored within flap_window_s of a pause
+    tool_pauses_premature: int = 0  # paused for a tool that then ended within tool_pause_s
+    tool_pauses_right: int = 0  # paused for a tool that ran on past tool_pause_s
+    late_restores: int = 0  # a ready program of a paused program waited more than late_restore_s
+    reschedules: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +78,8 @@ class Snapshot:
     backend_capacity: dict[str, int]
     backend_used: dict[str, float]
     backend_healthy: dict[str, bool]
+    backend_host_tier: dict[str, int]
+    backend_host_tier_used: dict[str, int]
 
 
 class Scheduler:
@@ -74,7 +92,10 @@ class Scheduler:
     ) -> None:
         self.config = config
         self.backends = BackendPool(
-            config.backends, timeout_s=config.backend_timeout_s, failures_to_down=config.backend_failures_to_down
+            config.backends,
+            timeout_s=config.backend_timeout_s,
+            failures_to_down=config.backend_failures_to_down,
+            host_tier_tokens=config.host_tier_tokens,
         )
         self.stats = SchedulerStats()
         self._clock = clock
@@ -86,6 +107,10 @@ class Scheduler:
         self._tasks: list[asyncio.Task[None]] = []
         self._unusable_since: float | None = None
         self._restore_listeners: list[Callable[[str], None]] = []
+        self._tools = ToolDurationModel()
+        self._kick_pending = False
+        self._ledger = Ledger(config.policy, clock)
+        self._views_cache: list[BackendView] | None = None
 
     def add_restore_listener(self, listener: Callable[[str], None]) -> None:
         """Called synchronously with a program id just before a paused program is restored (not on its first
@@ -107,6 +132,7 @@ class Scheduler:
         self._notifier.bind(client)
         for change in await self.backends.refresh(client):
             self._on_health(change)
+        self._views_cache = None
         self._tasks = [
             asyncio.create_task(self._every(self.config.interval_s, self.tick), name="sched-check"),
             asyncio.create_task(
@@ -135,26 +161,86 @@ class Scheduler:
                 log.exception("periodic job %s failed", getattr(job, "__name__", job))
 
     async def refresh_backends(self) -> None:
-        for change in await self.backends.refresh(self.client):
+        changes = await self.backends.refresh(self.client)
+        self._views_cache = None
+        for change in changes:
             self._on_health(change)
         self.reschedule()
 
     def tick(self) -> Decisions:
         self._expire_inactive()
+        self._ledger.refresh()
         return self.reschedule()
 
     # ---- the check -------------------------------------------------------------------------------
 
+    def kick(self) -> None:
+        """Ask for a reschedule at the end of this event-loop turn: many events in one turn cost one round."""
+        if self._kick_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (synchronous caller): decide now
+            self.reschedule()
+            return
+        self._kick_pending = True
+        loop.call_soon(self._kicked)
+
+    def _kicked(self) -> None:
+        self._kick_pending = False
+        try:
+            self.reschedule()
+        except Exception:  # a failed round must not stop scheduling; the periodic check retries
+            log.exception("reschedule failed")
+
+    def views(self, now: float) -> list[ProgramView]:
+        """The policy's snapshot of every live program (status pages, tests; rounds use the ledger)."""
+        return [p.view(now) for p in self._programs.values()]
+
     def reschedule(self) -> Decisions:
-        """Snapshot, decide, apply. Synchronous: nothing can interleave."""
+        """Decide on the incrementally kept loads and apply. Synchronous: nothing can interleave."""
         now = self._clock()
-        views = [p.view(now) for p in self._programs.values()]
-        decisions = decide(views, self.backends.views(), self.config.policy)
+        self.stats.reschedules += 1
+        backends = self._backend_views()
+        if any(b.host_tier_tokens for b in backends):
+            self._account_host_tiers(backends)
+        self._ledger.begin_round(backends)
+        try:
+            decisions = decide_on(self._ledger, self.config.policy)
+        finally:
+            self._ledger.end_round()
         for pause in decisions.pauses:
             self._pause(self._programs[pause.program_id], pause.reason, now)
         for restore in decisions.restores:
             self._restore(self._programs[restore.program_id], restore.backend, now)
         return decisions
+
+    def _backend_views(self) -> list[BackendView]:
+        """Backend views change only with a probe or a health change: cached between them."""
+        if self._views_cache is None:
+            self._views_cache = self.backends.views()
+        return self._views_cache
+
+    def ledger_problems(self) -> list[str]:
+        """Differences between the incremental loads and a full recount (tests; empty when consistent)."""
+        return self._ledger.check_against(self.views(self._clock()), self.backends.views())
+
+    def _account_host_tiers(self, backends: list[BackendView]) -> None:
+        """A paused program's KV stays in its backend's host tier while the programs paused after it
+        leave room: the tier is filled most-recently-paused first (it evicts least-recently-used)."""
+        tier_size = {b.url: b.host_tier_tokens for b in backends if b.host_tier_tokens > 0 and b.healthy}
+        used = dict.fromkeys(tier_size, 0)
+        paused = sorted(
+            (p for p in self._programs.values() if p.status is Status.PAUSED and p.paused_at is not None),
+            key=lambda p: -(p.paused_at or 0.0),
+        )
+        for p in self._programs.values():
+            p.in_host_tier = False
+        for p in paused:
+            url = p.previous_backend
+            if url in tier_size and used[url] + p.tokens <= tier_size[url]:
+                used[url] += p.tokens
+                p.in_host_tier = True
 
     def _pause(self, p: Program, reason: PauseReason, now: float) -> None:
         log.debug("pause %s on %s (%s, %d tokens)", p.program_id, p.backend, reason, p.tokens)
@@ -167,11 +253,14 @@ class Scheduler:
         p.status = Status.PAUSED
         p.backend = None
         p.paused_at = now
+        p.last_pause_reason = reason.value
+        p.tool_paused_at = now if reason is PauseReason.TOOL else None
         p.pauses += 1
         self.stats.pauses[reason.value] += 1
         if p.held and p.ready_since is None:
             p.ready_since = now
         p.wake.clear()
+        self._ledger.update(p)
 
     def _restore(self, p: Program, backend: str, now: float) -> None:
         log.debug("restore %s on %s (%d tokens)", p.program_id, backend, p.tokens)
@@ -181,10 +270,17 @@ class Scheduler:
                     listener(p.program_id)
                 except Exception:  # a listener must never stop scheduling
                     log.exception("restore listener failed for program %s", p.program_id)
+        if p.ever_active and p.paused_at is not None and p.last_pause_reason != PauseReason.BACKEND_DOWN.value:
+            if now - p.paused_at < self.config.policy.flap_window_s:
+                p.flaps += 1
+                self.stats.flaps += 1
+            if p.ready_since is not None and now - p.ready_since > self.config.late_restore_s:
+                self.stats.late_restores += 1
         p.status = Status.ACTIVE
         p.backend = backend
         p.activated_at = now
         p.ready_since = None
+        p.in_host_tier = False
         if p.ever_active:
             p.restores += 1
             self.stats.restores += 1
@@ -192,8 +288,10 @@ class Scheduler:
             self.stats.admissions += 1
         p.ever_active = True
         p.wake.set()
+        self._ledger.update(p)
 
     def _on_health(self, change: HealthChange) -> None:
+        self._views_cache = None
         if not change.healthy:
             for p in self._programs.values():
                 if p.previous_backend == change.url:
@@ -242,17 +340,46 @@ class Scheduler:
         p.last_activity = now
         p.tokens = max(estimate, 1)
         p.tokens_exact = False
+        p.reserve_tokens = self._decode_reserve(p, body)
+        p.streamed = 0
+        if p.tools_running:  # a request means the agent reasons again: a lost tool_end cannot keep it acting
+            self._end_tool(p, now, None, every=True)
         if p.status is Status.PAUSED and p.ready_since is None:
             p.ready_since = now
+        self._ledger.update(p)
         try:
-            self.reschedule()
+            self.kick()
             backend = await self._wait_active(p)
         finally:
             p.held -= 1
             if p.held == 0:
                 p.ready_since = None
+            self._ledger.update(p)
         p.in_flight[backend] = p.in_flight.get(backend, 0) + 1
+        self._ledger.update(p)
         return Lease(p, backend, chars, p.tokens)
+
+    def _decode_reserve(self, p: Program, body: dict[str, Any]) -> int:
+        """Room the response will take: the program's observed output length (with a margin) when known,
+        else a default; never more than the request's own max_tokens."""
+        asked = body.get("max_completion_tokens", body.get("max_tokens"))
+        cap = asked if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0 else None
+        if p.output_tokens_ema is not None:
+            guess = int(p.output_tokens_ema * 1.25) + 1
+        else:
+            guess = self.config.decode_reserve_tokens
+        return min(guess, cap) if cap is not None else guess
+
+    def progress(self, lease: Lease, events: int) -> None:
+        """Streamed content events of a running request: the context grows while it generates."""
+        if lease.done or events <= 0:
+            return
+        lease.streamed += events
+        p = lease.program
+        p.streamed += events
+        p.tokens += events
+        if p.status is not Status.TERMINATED:
+            self._ledger.update(p)
 
     async def _wait_active(self, p: Program) -> str:
         while True:
@@ -304,14 +431,20 @@ class Scheduler:
             p.in_flight[lease.backend] = left
         else:
             p.in_flight.pop(lease.backend, None)
+        p.streamed = max(0, p.streamed - lease.streamed)
+        if not p.running and not p.held:
+            p.reserve_tokens = 0
         if usage is not None:
             p.tokens = usage.prompt_tokens + usage.completion_tokens
             p.tokens_exact = True
+            ema = p.output_tokens_ema
+            out = float(usage.completion_tokens)
+            p.output_tokens_ema = out if ema is None else 0.7 * ema + 0.3 * out
             ratio = self._chars_per_token.observe(lease.prompt_chars, usage.prompt_tokens)
             if ratio is not None:
                 p.chars_per_token = ratio
         else:
-            p.tokens = lease.estimated_tokens + completion_estimate
+            p.tokens = lease.estimated_tokens + max(completion_estimate, lease.streamed)
             p.tokens_exact = False
         if completed:
             p.steps += 1
@@ -324,9 +457,10 @@ class Scheduler:
                 self._on_health(change)
         if p.status is Status.TERMINATED:
             return
+        self._ledger.update(p)
         if p.ephemeral and not p.running and not p.held:
             self._terminate(p, "one-step request done")
-        self.reschedule()
+        self.kick()
 
     # ---- tool events -----------------------------------------------------------------------------
 
@@ -347,20 +481,82 @@ class Scheduler:
         sandbox = getattr(event, "sandbox_id", None)
         if sandbox:
             p.sandboxes.add(str(sandbox))
-        if getattr(event, "tool", None):
-            p.last_tool = str(event.tool)
+        tool = getattr(event, "tool", None)
+        if tool:
+            p.last_tool = str(tool)[:256]
         if kind == "tool_start":
             p.tools_running += 1
+            p.tool_key = tool_key(p.last_tool, getattr(event, "command", None))
+            p.tool_started_at = now
             if not p.running and not p.held:
                 p.acting_since = now  # t of equation 7 is the tool's execution time
+            if self.config.policy.tool_aware:
+                self._judge_tool(p)
+            self._ledger.update(p)
+            if p.tool_marked:
+                self.kick()  # a tool known to run long frees its room at once
             return
-        p.tools_running = max(0, p.tools_running - 1)
-        p.last_tool_duration_s = getattr(event, "duration_s", None)
+        duration = getattr(event, "duration_s", None)
+        self._end_tool(p, now, duration if isinstance(duration, int | float) else None, every=False)
+        p.last_tool_duration_s = duration
         p.last_exit_code = getattr(event, "exit_code", None)
         if not p.running and not p.held:
             # The tool is done: the agent is about to reason again, so its cache weighs in full.
             p.acting_since = now
-        self.reschedule()
+        self._ledger.update(p)
+        self.kick()
+
+    def _judge_tool(self, p: Program) -> None:
+        """Tool-aware pausing: from the learned durations of this tool, when will it be expected to need more
+        than tool_pause_s more (with a host tier, a fraction of it: a restore is a copy)? Mark it then."""
+        if p.mark_timer is not None:
+            p.mark_timer.cancel()
+            p.mark_timer = None
+        policy = self.config.policy
+        backend = p.backend or p.previous_backend
+        tier = backend is not None and self.backends.get(backend).view().host_tier_tokens > 0
+        threshold = policy.tool_pause_s * (policy.host_tier_cost_ratio if tier else 1.0)
+        assert p.tool_key is not None and p.tool_started_at is not None
+        delay = self._tools.mark_delay(p.program_id, p.tool_key, threshold)
+        if delay is None:
+            p.tool_marked = None  # never seen: time decay judges it
+            return
+        p.tool_marked = delay <= 0.0
+        if not p.tool_marked:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            p.mark_timer = loop.call_later(delay, self._mark_tool, p)
+
+    def _mark_tool(self, p: Program) -> None:
+        p.mark_timer = None
+        if p.status is Status.TERMINATED or not p.tools_running:
+            return
+        p.tool_marked = True
+        self._ledger.update(p)
+        self.kick()
+
+    def _end_tool(self, p: Program, now: float, duration_s: float | None, *, every: bool) -> None:
+        """A running tool ended (tool_end), or all did (implied by a new request / the max_tool_s bound):
+        learn its duration and judge a pause taken for it."""
+        p.tools_running = 0 if every else max(0, p.tools_running - 1)
+        if p.tool_key is not None and p.tool_started_at is not None:
+            measured = duration_s if duration_s is not None else now - p.tool_started_at
+            self._tools.observe(p.program_id, p.tool_key, float(measured))
+        if p.tool_paused_at is not None:
+            if now - p.tool_paused_at < self.config.policy.tool_pause_s:
+                self.stats.tool_pauses_premature += 1
+            else:
+                self.stats.tool_pauses_right += 1
+            p.tool_paused_at = None
+        if not p.tools_running:
+            p.tool_key = None
+            p.tool_started_at = None
+            p.tool_marked = None
+            if p.mark_timer is not None:
+                p.mark_timer.cancel()
+                p.mark_timer = None
 
     # ---- program end -----------------------------------------------------------------------------
 
@@ -369,7 +565,7 @@ class Scheduler:
         if p is None:
             raise ProgramNotFoundError(program_id)
         info = self._terminate(p, "released")
-        self.reschedule()
+        self.kick()
         return info
 
     def _terminate(self, p: Program, reason: str) -> ProgramInfo:
@@ -380,6 +576,11 @@ class Scheduler:
         p.terminated_reason = reason
         p.wake.set()  # held requests see TERMINATED and fail with a clear error
         del self._programs[p.program_id]
+        self._ledger.remove(p)
+        if p.mark_timer is not None:
+            p.mark_timer.cancel()
+            p.mark_timer = None
+        self._tools.forget(p.program_id)
         self.stats.terminated[reason] += 1
         info = p.info(now)
         if self.config.terminated_history:
@@ -393,6 +594,15 @@ class Scheduler:
 
     def _expire_inactive(self) -> None:
         now = self._clock()
+        for p in self._programs.values():  # a lost tool_end cannot keep a program acting forever
+            if p.tools_running and p.tool_started_at is not None and now - p.tool_started_at > self.config.max_tool_s:
+                log.warning(
+                    "program %s: no tool_end for %.0fs; treating its tools as ended",
+                    p.program_id,
+                    now - p.tool_started_at,
+                )
+                self._end_tool(p, now, None, every=True)
+                self._ledger.update(p)
         limit = self.config.inactivity_timeout_s
         idle = [
             p
@@ -419,8 +629,10 @@ class Scheduler:
 
     def snapshot(self) -> Snapshot:
         now = self._clock()
-        views = [p.view(now) for p in self._programs.values()]
-        loads = backend_loads(views, self.config.policy)
+        views = self.views(now)
+        backend_views = self.backends.views()
+        self._ledger.begin_round(backend_views)
+        loads = {b.url: self._ledger.weighted(b.url) for b in backend_views}
         backends = self.backends.backends.values()
         return Snapshot(
             active=sum(v.status is Status.ACTIVE for v in views),
@@ -429,6 +641,11 @@ class Scheduler:
             backend_capacity={b.url: b.capacity for b in backends},
             backend_used={b.url: loads.get(b.url, 0.0) for b in backends},
             backend_healthy={b.url: b.healthy for b in backends},
+            backend_host_tier={v.url: v.host_tier_tokens for v in backend_views},
+            backend_host_tier_used={
+                url: sum(p.tokens for p in self._programs.values() if p.in_host_tier and p.previous_backend == url)
+                for url in self.backends.backends
+            },
         )
 
     @property

@@ -101,13 +101,29 @@ def test_time_decay_avoids_pausing_for_long_idle_acting_programs() -> None:
     assert paused_ids(decide(progs, [BackendView(A, 1000, True)], NO_DECAY)) == ["idle"]
 
 
-def test_restores_count_the_memory_actually_held_not_the_decayed_weight() -> None:
-    # Eq. 6: restoring into room that only decay "freed" would be taken back when the idle one returns.
-    cfg = PolicyConfig(tau_s=10.0)
-    progs = [active("idle", 800, acting_s=30.0), waiting("new", 500)]
-    assert not decide(progs, [BackendView(A, 1000, True)], cfg).restores
+def test_decay_frees_room_by_pausing_the_decayed_program_at_once() -> None:
+    # The case: a 10k backend, A (9k, in a long tool call), B (2k, ready). B is restored as soon as
+    # A's decayed weight leaves room (t >= tau * ln(9/8)), and A is paused in the same round so the pool
+    # is never over-committed (A's next request waits for a restore).
+    cfg = PolicyConfig(tau_s=30.0, tool_aware=False)
+    backend = [BackendView(A, 10_000, True)]
+    early = decide([active("A", 9_000, acting_s=2.0, active_s=60), waiting("B", 2_000)], backend, cfg)
+    assert not early  # 9000 * exp(-2/30) = 8418: no room yet
+    t = 30.0 * math.log(9 / 8) + 0.5  # within one check interval of the moment decay makes room
+    d = decide([active("A", 9_000, acting_s=t, active_s=60), waiting("B", 2_000)], backend, cfg)
+    assert restored(d) == {"B": A}
+    assert [(p.program_id, p.reason) for p in d.pauses] == [("A", PauseReason.DECAY)]
+    held_after = sum(v.tokens for v in [waiting("B", 2_000)])
+    assert held_after <= 10_000  # only B is left resident
+
+
+def test_decayed_program_restored_recently_is_not_evicted_and_nothing_over_commits() -> None:
+    cfg = PolicyConfig(tau_s=10.0, tool_aware=False, min_residency_s=5.0)
+    progs = [active("idle", 800, acting_s=30.0, active_s=2.0), waiting("new", 500)]
+    assert not decide(progs, [BackendView(A, 1000, True)], cfg)  # cooldown: no flapping
     progs = [active("idle", 400, acting_s=30.0), waiting("new", 500)]
-    assert restored(decide(progs, [BackendView(A, 1000, True)], cfg)) == {"new": A}
+    d = decide(progs, [BackendView(A, 1000, True)], cfg)
+    assert restored(d) == {"new": A} and not d.pauses  # fits the memory actually held: nobody paused
 
 
 def test_decayed_load_still_counts_and_a_fresh_return_triggers_pauses() -> None:
@@ -220,7 +236,8 @@ def test_starving_program_gets_room_reserved_and_preempts_acting_residents() -> 
         ("a2", PauseReason.STARVATION),
         ("a1", PauseReason.STARVATION),
     ]
-    assert [r.program_id for r in d.restores] == ["starved"]
+    # The starving program goes first; "short" fits in what is left and does not delay it.
+    assert [r.program_id for r in d.restores] == ["starved", "short"]
 
 
 def _simulate_stream_of_short_programs(cfg: PolicyConfig, ticks: int) -> int | None:
@@ -266,3 +283,75 @@ def test_config_is_validated() -> None:
         PolicyConfig(tau_s=0)
     with pytest.raises(ValueError):
         PolicyConfig(unknown_knob=1)  # type: ignore[call-arg]
+
+
+def test_programs_in_progress_are_restored_before_newcomers_even_smaller_ones() -> None:
+    cfg = PolicyConfig(time_decay=False, aging_rate=0.0)
+    progs = [active("resident", 500), waiting("old", 400, in_progress=True), waiting("fresh", 50)]
+    d = decide(progs, [BackendView(A, 1000, True)], cfg)
+    assert list(restored(d)) == ["old", "fresh"]  # both fit: order is in-progress first
+    # When the one in progress does not fit yet, no newcomer takes the room it waits for.
+    progs = [active("resident", 700), waiting("old", 400, in_progress=True), waiting("fresh", 50)]
+    assert not decide(progs, [BackendView(A, 1000, True)], cfg).restores
+
+
+def test_starvation_reservation_is_per_backend_not_a_global_stop() -> None:
+    cfg = PolicyConfig(time_decay=False, max_wait_s=30.0)
+    backends = [BackendView(A, 1000, True), BackendView(B, 400, True)]
+    progs = [
+        active("busy", 900, A),  # reasoning on A: nothing can be preempted there
+        waiting("starved", 800, waiting_s=40.0),  # fits only A, not yet
+        waiting("small", 300),  # fits B: must not wait behind the starving program
+    ]
+    d = decide(progs, backends, cfg)
+    assert restored(d) == {"small": B}
+    # Nobody else is placed on A while the starving program waits for it.
+    progs = [active("busy", 500, A), waiting("starved", 800, waiting_s=40.0), waiting("tiny", 100)]
+    d = decide(progs, [BackendView(A, 1000, True)], cfg)
+    assert not d.restores
+
+
+def test_placement_never_puts_an_oversized_program_on_a_small_backend_while_a_big_one_exists() -> None:
+    backends = [BackendView(A, 1000, True), BackendView(B, 4000, True)]
+    progs = [active("big-resident", 3000, B), waiting("large", 1500)]
+    d = decide(progs, backends, NO_DECAY)
+    assert not d.restores  # A is empty but smaller than the program: it waits for B
+    d = decide([waiting("large", 1500)], backends, NO_DECAY)
+    assert restored(d) == {"large": B}
+    # Larger than every backend: the largest one takes it, alone.
+    assert restored(decide([waiting("huge", 9000)], backends, NO_DECAY)) == {"huge": B}
+
+
+def test_decode_reserve_counts_while_reasoning() -> None:
+    progs = [active("r", 600, reserve=300), waiting("w", 150)]
+    assert not decide(progs, [BackendView(A, 1000, True)], NO_DECAY).restores  # 600 + 300 + 150 > 1000
+    progs = [active("r", 600, reserve=100), waiting("w", 150)]
+    assert restored(decide(progs, [BackendView(A, 1000, True)], NO_DECAY)) == {"w": A}
+
+
+def test_tool_aware_short_tool_keeps_its_room_and_long_tool_frees_it_at_once() -> None:
+    cfg = PolicyConfig(tau_s=30.0, tool_pause_s=8.0)
+    backend = [BackendView(A, 10_000, True)]
+    # A short tool (expected to end in 1 s) keeps A resident even after long decay time would have freed it.
+    short = active("A", 9_000, acting_s=60.0, active_s=60, tool_marked=False)
+    assert not decide([short, waiting("B", 2_000)], backend, cfg)
+    # A tool expected to run 20 s more frees A's room at once (no decay wait), reason "tool".
+    long = active("A", 9_000, acting_s=0.5, active_s=60, tool_marked=True)
+    d = decide([long, waiting("B", 2_000)], backend, cfg)
+    assert restored(d) == {"B": A}
+    assert [(p.program_id, p.reason) for p in d.pauses] == [("A", PauseReason.TOOL)]
+    # Without pressure nobody is paused, however long the tool.
+    assert not decide([long], backend, cfg)
+    # tool_aware off: the same program only decays.
+    assert not decide([long, waiting("B", 2_000)], backend, cfg.model_copy(update={"tool_aware": False}))
+
+
+def test_programs_whose_kv_is_in_a_host_tier_restore_first() -> None:
+    cfg = PolicyConfig(aging_rate=0.0)
+    progs = [
+        active("r", 9_000, A),
+        waiting("cold", 800, in_progress=True),
+        waiting("warm", 900, in_progress=True, in_host_tier=True),
+    ]
+    d = decide(progs, [BackendView(A, 10_000, True, host_tier_tokens=50_000)], cfg)
+    assert list(restored(d)) == ["warm"]
