@@ -66,6 +66,7 @@ class Backend:
             self.healthy,
             host_tier_tokens=self.host_tier_tokens,
             engine_running_tokens=self.engine_running_tokens,
+            block_size=self.cache.block_size if self.cache else 1,
         )
 
     def observe(self, snapshot: EngineSnapshot) -> None:

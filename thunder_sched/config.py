@@ -33,6 +33,9 @@ class PolicyConfig(BaseModel):
         description="use tool events: learn tool durations and free the room of programs whose tool is expected "
         "to outlast the value of their cache",
     )
+    shared_prefixes: bool = Field(
+        True, description="count a prompt prefix shared by programs (system prompt, tools) once per backend"
+    )
     tool_pause_s: float = Field(
         8.0, gt=0, description="a running tool expected to need more than this many more seconds frees its room"
     )

@@ -29,6 +29,7 @@ class _Sums:
     idle_held: float = 0.0  # memory of idle members (decaying, or a tool judged long)
     members: dict[str, Program] = field(default_factory=dict)
     idle: dict[str, Program] = field(default_factory=dict)
+    prefixes: dict[str, list[int]] = field(default_factory=dict)  # shared prefix -> [users, tokens]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,8 @@ class _Contribution:
     held: float
     draining: float
     idle: bool = False
+    prefix_key: str | None = None
+    prefix_tokens: int = 0
 
 
 class Ledger:
@@ -55,6 +58,7 @@ class Ledger:
         self._dirty: set[str] = set()
         self._backends: Sequence[BackendView] = ()
         self._now = self._t0
+        self._blocks: dict[str, int] = {}
 
     # ---- keeping the sums -------------------------------------------------------------------
 
@@ -67,20 +71,35 @@ class Ledger:
     def _contribution(self, p: Program, now: float) -> _Contribution | None:
         cfg = self.config
         if p.status is Status.ACTIVE and p.backend is not None:
-            reasoning = p.phase is Phase.REASONING
-            reserve = max(0, p.reserve_tokens - p.streamed) if reasoning else 0
-            size = float(p.tokens + reserve)
-            if reasoning or not cfg.time_decay or (cfg.tool_aware and p.tool_marked is not None):
-                marked = not reasoning and cfg.tool_aware and bool(p.tool_marked)
-                return _Contribution(p.backend, True, 0.0 if marked else size, 0.0, size, 0.0, marked)
-            decaying = p.tokens * math.exp((p.acting_since - self._t0) / cfg.tau_s)
-            return _Contribution(p.backend, True, 0.0, decaying, size, 0.0, True)
-        if p.status is Status.PAUSED and p.phase is Phase.REASONING:
-            url = next((b for b, n in p.in_flight.items() if n), None)
-            if url is not None:  # its request still runs there: it holds memory until it ends
-                size = float(p.tokens + max(0, p.reserve_tokens - p.streamed))
-                return _Contribution(url, False, 0.0, 0.0, size, size)
-        return None
+            url, reasoning = p.backend, p.phase is Phase.REASONING
+        elif p.status is Status.PAUSED and p.phase is Phase.REASONING:
+            url, reasoning = next((b for b, n in p.in_flight.items() if n), None), True
+            if url is None:
+                return None
+        else:
+            return None
+        block = self._blocks.get(url, 1)
+        shared = p.prefix_tokens // block * block if p.prefix_key is not None else 0
+        prefix = (p.prefix_key, shared) if p.prefix_key is not None else (None, 0)
+        reserve = max(0, p.reserve_tokens - p.streamed) if reasoning else 0
+        own = max(p.tokens - shared, 0) + reserve
+        size = float(-(-own // block) * block)
+        if p.status is Status.PAUSED:  # its request still runs there: it holds memory until it ends
+            return _Contribution(url, False, 0.0, 0.0, size, size, False, *prefix)
+        if reasoning or not cfg.time_decay or (cfg.tool_aware and p.tool_marked is not None):
+            marked = not reasoning and cfg.tool_aware and bool(p.tool_marked)
+            return _Contribution(url, True, 0.0 if marked else size, 0.0, size, 0.0, marked, *prefix)
+        decaying = size * math.exp((p.acting_since - self._t0) / cfg.tau_s)
+        return _Contribution(url, True, 0.0, decaying, size, 0.0, True, *prefix)
+
+    def set_blocks(self, blocks: dict[str, int], programs: Iterable[Program]) -> None:
+        """The engines' KV block sizes; a change (a backend first seen, or replaced) recounts everyone."""
+        blocks = {url: max(b, 1) for url, b in blocks.items()}
+        if blocks == self._blocks:
+            return
+        self._blocks = blocks
+        for p in programs:
+            self.update(p)
 
     def _apply(self, pid: str, c: _Contribution, sign: float, p: Program) -> None:
         s = self._sums_for(c.url)
@@ -90,6 +109,21 @@ class Ledger:
         s.draining += sign * c.draining
         if c.idle:
             s.idle_held += sign * c.held
+        if c.prefix_key is not None:  # a shared prefix is held once, in full, while anyone uses it
+            entry = s.prefixes.get(c.prefix_key)
+            if sign > 0:
+                if entry is None:
+                    s.prefixes[c.prefix_key] = [1, c.prefix_tokens]
+                    s.fixed += c.prefix_tokens
+                    s.held += c.prefix_tokens
+                else:
+                    entry[0] += 1
+            elif entry is not None:
+                entry[0] -= 1
+                if entry[0] <= 0:
+                    del s.prefixes[c.prefix_key]
+                    s.fixed -= entry[1]
+                    s.held -= entry[1]
         if c.member:
             if sign > 0:
                 s.members[pid] = p
@@ -201,6 +235,10 @@ class Ledger:
     def draining_weight(self, url: str) -> float:
         s = self._sums.get(url)
         return s.draining if s is not None else 0.0
+
+    def has_prefix(self, url: str, key: str) -> bool:
+        s = self._sums.get(url)
+        return s is not None and key in s.prefixes
 
     def queue(self) -> Iterator[ProgramView]:
         now = self._now

@@ -73,6 +73,10 @@ class ProgramView:
     # applies), False (expected to end soon: keeps its room), True (expected to outlast its cache's value).
     tool_marked: bool | None = None
     in_host_tier: bool = False  # paused, and its KV is still in its previous backend's host tier
+    # A prompt prefix shared with other programs (the same system prompt, model and cache salt): the engine
+    # holds it once per backend however many programs use it, so it is counted once per backend.
+    prefix_key: str | None = None
+    prefix_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +86,7 @@ class BackendView:
     healthy: bool
     host_tier_tokens: int = 0  # host (CPU) KV tier size in tokens; 0 when the backend has none
     engine_running_tokens: float | None = None  # KV the engine reports held by running requests, if known
+    block_size: int = 1  # the engine allocates KV in blocks of this many tokens
 
     @property
     def usable(self) -> bool:
@@ -118,13 +123,15 @@ def decay(acting_s: float, config: PolicyConfig) -> float:
     return math.exp(-max(acting_s, 0.0) / config.tau_s)
 
 
-def weight(program: ProgramView, config: PolicyConfig) -> float:
-    """The program's share of the weighted load (the thrashing check and restore room)."""
+def weight(program: ProgramView, config: PolicyConfig, block: int = 1) -> float:
+    """The program's share of the weighted load (the thrashing check and restore room), its shared prefix
+    aside (a backend counts each shared prefix once, in full)."""
+    own = held(program, block)
     if program.phase is Phase.REASONING:
-        return float(program.tokens + program.reserve)
+        return own
     if config.tool_aware and program.tool_marked is not None:
-        return 0.0 if program.tool_marked else float(program.tokens)
-    return program.tokens * decay(program.acting_s, config)
+        return 0.0 if program.tool_marked else own
+    return own * decay(program.acting_s, config)
 
 
 def is_idle(program: ProgramView, config: PolicyConfig) -> bool:
@@ -136,9 +143,22 @@ def is_idle(program: ProgramView, config: PolicyConfig) -> bool:
     return config.time_decay
 
 
-def held(program: ProgramView) -> float:
-    """Memory the program may claim at any moment: its whole context (plus decode room while reasoning)."""
-    return float(program.tokens + (program.reserve if program.phase is Phase.REASONING else 0))
+def shared_held(program: ProgramView, block: int = 1) -> int:
+    """The part of its shared prefix the engine can share: whole blocks only."""
+    return program.prefix_tokens // block * block
+
+
+def held(program: ProgramView, block: int = 1) -> float:
+    """Memory the program may claim at any moment beyond its shared prefix: its context (plus decode room
+    while reasoning), in whole blocks of the engine."""
+    reserve = program.reserve if program.phase is Phase.REASONING else 0
+    own = max(program.tokens - shared_held(program, block), 0) + reserve
+    return float(-(-own // block) * block)
+
+
+def size(program: ProgramView, block: int = 1) -> float:
+    """Its whole memory, shared prefix included: what it needs alone on a backend."""
+    return held(program, block) + shared_held(program, block)
 
 
 def pause_score(program: ProgramView) -> float:
@@ -206,6 +226,10 @@ class PolicyState(Protocol):
         """Weighted load of the draining requests (counted against restores, not the thrashing check)."""
         ...
 
+    def has_prefix(self, url: str, key: str) -> bool:
+        """Whether a program on `url` (member or draining) already holds the shared prefix `key`."""
+        ...
+
     def queue(self) -> Iterable[ProgramView]:
         """Ready paused programs in restore order."""
         ...
@@ -225,7 +249,10 @@ class ViewState:
         self._weighted: dict[str, float] = dict.fromkeys(self._members, 0.0)
         self._held: dict[str, float] = dict.fromkeys(self._members, 0.0)
         self._draining: dict[str, float] = dict.fromkeys(self._members, 0.0)
+        self._prefixes: dict[str, dict[str, int]] = {url: {} for url in self._members}
         self._stranded: list[ProgramView] = []
+        blocks = {b.url: max(b.block_size, 1) for b in backends}
+        self._blocks = blocks
         for p in programs:
             if p.backend is None or p.status is Status.TERMINATED:
                 continue
@@ -233,15 +260,24 @@ class ViewState:
                 if p.status is Status.ACTIVE:
                     self._stranded.append(p)
                 continue
+            block = blocks[p.backend]
             if p.status is Status.ACTIVE:
                 self._members[p.backend].append(p)
-                self._weighted[p.backend] += weight(p, config)
-                self._held[p.backend] += held(p)
+                self._weighted[p.backend] += weight(p, config, block)
+                self._held[p.backend] += held(p, block)
                 if is_idle(p, config):
                     self._idle[p.backend].append(p)
             elif p.phase is Phase.REASONING:  # paused, its request still running there
-                self._held[p.backend] += held(p)
-                self._draining[p.backend] += weight(p, config)
+                self._held[p.backend] += held(p, block)
+                self._draining[p.backend] += weight(p, config, block)
+            else:
+                continue
+            groups = self._prefixes[p.backend]
+            if p.prefix_key is not None and p.prefix_key not in groups:
+                shared = shared_held(p, block)  # held once, in full, while any program uses it
+                groups[p.prefix_key] = shared
+                self._held[p.backend] += shared
+                self._weighted[p.backend] += shared
         self._queue = sorted(
             (p for p in programs if p.status is Status.PAUSED and p.ready), key=lambda p: restore_key(p, config)
         )
@@ -256,7 +292,8 @@ class ViewState:
         return self._idle.get(url, [])
 
     def idle_held(self, url: str) -> float:
-        return sum(held(p) for p in self._idle.get(url, []))
+        block = self._blocks.get(url, 1)
+        return sum(held(p, block) for p in self._idle.get(url, []))
 
     def stranded(self) -> list[ProgramView]:
         """ACTIVE programs on a backend that is not configured any more."""
@@ -270,6 +307,9 @@ class ViewState:
 
     def draining_weight(self, url: str) -> float:
         return self._draining.get(url, 0.0)
+
+    def has_prefix(self, url: str, key: str) -> bool:
+        return key in self._prefixes.get(url, {})
 
     def queue(self) -> Iterable[ProgramView]:
         return self._queue
@@ -298,6 +338,7 @@ class _Round:
         self._dh: dict[str, float] = {}  # change of the held load
         self._dd: dict[str, float] = {}  # change of the draining weight
         self._victims: dict[str, list[ProgramView]] = {}
+        self._placed_prefixes: set[tuple[str, str]] = set()  # (backend, prefix) restored this round
         self._best_room: float | None = None  # cached largest weighted room of an open backend
         self._room_valid = False
         self._max_limit = max((self.limit(b.url) for b in self.usable), default=0.0)
@@ -306,6 +347,9 @@ class _Round:
 
     def limit(self, url: str) -> float:
         return self.config.lambda_max * self.by_url[url].capacity
+
+    def block(self, url: str) -> int:
+        return max(self.by_url[url].block_size, 1)
 
     def weighted(self, url: str) -> float:
         return self.state.weighted(url) + self._dw.get(url, 0.0)
@@ -327,10 +371,10 @@ class _Round:
         url = p.backend
         if url is None or url not in self.by_url or reason is PauseReason.BACKEND_DOWN:
             return
-        w = weight(p, self.config)
+        w = weight(p, self.config, self.block(url))
         self._add(self._dw, url, -w)
         if p.phase is Phase.ACTING:
-            self._add(self._dh, url, -held(p))
+            self._add(self._dh, url, -held(p, self.block(url)))
         else:  # a running request keeps its KV until it ends: it drains
             self._add(self._dd, url, w)
 
@@ -357,7 +401,7 @@ class _Round:
                     break
                 if remaining == 1:  # pausing the only program cannot help: it would come straight back
                     break
-                if weight(p, self.config) <= 0.0:
+                if weight(p, self.config, self.block(url)) <= 0.0:
                     continue  # pausing it lowers no weighted load
                 self.pause(p, PauseReason.THRASHING)
                 remaining -= 1
@@ -365,12 +409,18 @@ class _Round:
     # ---- 3: restores --------------------------------------------------------------------------
 
     def need(self, p: ProgramView, url: str) -> float:
-        # A program larger than the whole limit still gets a backend, alone.
-        return min(held(p), self.limit(url))
+        """Its own memory, plus its shared prefix where no program holds it yet. A program larger than the
+        whole limit still gets a backend, alone."""
+        block = self.block(url)
+        total = held(p, block)
+        key = p.prefix_key
+        if key is not None and (url, key) not in self._placed_prefixes and not self.state.has_prefix(url, key):
+            total += shared_held(p, block)
+        return min(total, self.limit(url))
 
     def size_eligible(self, p: ProgramView) -> list[BackendView]:
         """Backends that can hold the program whole; only if none can, the largest ones (alone)."""
-        whole = [b for b in self.usable if held(p) <= self.limit(b.url) + _EPS]
+        whole = [b for b in self.usable if size(p, self.block(b.url)) <= self.limit(b.url) + _EPS]
         if whole:
             return whole
         biggest = max((b.capacity for b in self.usable), default=0)
@@ -381,15 +431,15 @@ class _Round:
         cached = self._victims.get(url)
         if cached is not None:
             return [q for q in cached if q.program_id not in self.paused_now]
-        cfg = self.config
+        cfg, block = self.config, self.block(url)
         out = [
             q
             for q in self.state.idle_members(url)
             if q.program_id not in self.paused_now
             and q.active_s >= cfg.min_residency_s
-            and weight(q, cfg) < held(q) - _EPS
+            and weight(q, cfg, block) < held(q, block) - _EPS
         ]
-        out.sort(key=lambda q: (weight(q, cfg) / max(held(q), 1.0), -held(q), q.program_id))
+        out.sort(key=lambda q: (weight(q, cfg, block) / max(held(q, block), 1.0), -held(q, block), q.program_id))
         self._victims[url] = out
         return out
 
@@ -405,7 +455,7 @@ class _Round:
             return True
         if self.held(url) - self.state.idle_held(url) + need > limit + _EPS:
             return False  # even every idle member paused would not make room
-        freeable = sum(held(q) for q in self.victims(url))
+        freeable = sum(held(q, self.block(url)) for q in self.victims(url))
         return self.held(url) - freeable + need <= limit + _EPS
 
     def free_decayed(self, p: ProgramView, url: str) -> None:
@@ -426,9 +476,14 @@ class _Round:
             and self.fits(p, prev, starving)
         ):
             return prev.url, True
-        # The most weighted room first: the first that fits is the best (and the held check, which may
-        # list a backend's idle members, runs on as few backends as possible).
-        by_room = sorted(candidates, key=lambda b: (self.limit(b.url) - self.room_weighted(b.url), b.url), reverse=True)
+        # The most weighted room left after placing it first (a backend already holding its shared prefix
+        # charges less): the first that fits is the best, and the held check, which may list a backend's
+        # idle members, runs on as few backends as possible.
+        by_room = sorted(
+            candidates,
+            key=lambda b: (self.limit(b.url) - self.room_weighted(b.url) - self.need(p, b.url), b.url),
+            reverse=True,
+        )
         for b in by_room:
             if self.fits(p, b, starving):
                 return b.url, False
@@ -440,6 +495,8 @@ class _Round:
         self._add(self._dw, url, need)
         self._add(self._dh, url, need)
         self.restores.append(Restore(p.program_id, url, affinity))
+        if p.prefix_key is not None:
+            self._placed_prefixes.add((url, p.prefix_key))
 
     def best_room(self, reserved: set[str]) -> float | None:
         """The most weighted room of a backend that may still take a non-starving program (below its low
@@ -466,7 +523,7 @@ class _Round:
                 room = self.best_room(reserved)
                 if room is None:
                     break  # every backend is at its low watermark: nothing else can be placed this round
-                if room + _EPS < held(p) <= self._max_limit:  # fits nowhere (cheap test: most of a long queue)
+                if room + _EPS < held(p) and size(p) <= self._max_limit:  # fits nowhere (cheap: most of a queue)
                     if p.in_progress and len(blocked_for_new) < len(self.usable):
                         target = self._most_room([b for b in self.size_eligible(p) if b.url not in reserved])
                         if target is not None:
@@ -512,7 +569,7 @@ class _Round:
             ),
             key=lambda q: (-pause_score(q), q.program_id),
         )
-        if self.held(url) - sum(held(q) for q in victims) + need > limit + _EPS:
+        if self.held(url) - sum(held(q, self.block(url)) for q in victims) + need > limit + _EPS:
             return False
         for q in victims:
             if self.held(url) + need <= limit + _EPS and self.room_weighted(url) + need <= limit + _EPS:

@@ -49,6 +49,8 @@ class Program:
     streamed: int = 0  # tokens streamed so far by the requests in flight
     output_tokens_ema: float | None = None  # observed output length of this program's responses
     in_host_tier: bool = False  # paused, its KV still in the previous backend's host tier
+    prefix_key: str | None = None  # its shared prompt prefix (see ProgramView.prefix_key)
+    prefix_tokens: int = 0
     last_pause_reason: str | None = None
     flaps: int = 0
     last_tool: str | None = None
@@ -94,6 +96,8 @@ class Program:
             self.ever_active,
             self.tool_marked if self.tools_running else None,
             self.in_host_tier,
+            self.prefix_key,
+            self.prefix_tokens,
         )
 
     def info(self, now: float) -> ProgramInfo:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import time
 import uuid
@@ -40,6 +42,7 @@ from thunder_sched.tool_model import ToolDurationModel, tool_key
 log = logging.getLogger(__name__)
 
 MAX_PROGRAM_ID = 256
+MAX_PREFIXES = 4096  # shared prefixes remembered (their token counts)
 
 
 @dataclass(eq=False, slots=True)
@@ -111,6 +114,7 @@ class Scheduler:
         self._kick_pending = False
         self._ledger = Ledger(config.policy, clock)
         self._views_cache: list[BackendView] | None = None
+        self._prefix_tokens: OrderedDict[str, int] = OrderedDict()  # shared prefix -> its tokens (estimate)
 
     def add_restore_listener(self, listener: Callable[[str], None]) -> None:
         """Called synchronously with a program id just before a paused program is restored (not on its first
@@ -219,11 +223,12 @@ class Scheduler:
         """Backend views change only with a probe or a health change: cached between them."""
         if self._views_cache is None:
             self._views_cache = self.backends.views()
+            self._ledger.set_blocks({b.url: b.block_size for b in self._views_cache}, self._programs.values())
         return self._views_cache
 
     def ledger_problems(self) -> list[str]:
         """Differences between the incremental loads and a full recount (tests; empty when consistent)."""
-        return self._ledger.check_against(self.views(self._clock()), self.backends.views())
+        return self._ledger.check_against(self.views(self._clock()), self._backend_views())
 
     def _account_host_tiers(self, backends: list[BackendView]) -> None:
         """A paused program's KV stays in its backend's host tier while the programs paused after it
@@ -342,6 +347,7 @@ class Scheduler:
         p.tokens_exact = False
         p.reserve_tokens = self._decode_reserve(p, body)
         p.streamed = 0
+        p.prefix_key, p.prefix_tokens = self._shared_prefix(p, endpoint, body)
         if p.tools_running:  # a request means the agent reasons again: a lost tool_end cannot keep it acting
             self._end_tool(p, now, None, every=True)
         if p.status is Status.PAUSED and p.ready_since is None:
@@ -369,6 +375,35 @@ class Scheduler:
         else:
             guess = self.config.decode_reserve_tokens
         return min(guess, cap) if cap is not None else guess
+
+    def _shared_prefix(self, p: Program, endpoint: Endpoint, body: dict[str, Any]) -> tuple[str | None, int]:
+        """The prompt prefix this request shares with other programs: its system message and tool schemas,
+        for the same model and cache salt. The engine caches it once per backend, so the ledger counts it
+        once (agent fleets share long system prompts: counting them per program under-admits)."""
+        if endpoint != "chat" or not self.config.policy.shared_prefixes:
+            return None, 0
+        messages = body.get("messages")
+        first = messages[0] if isinstance(messages, list) and messages else None
+        if not isinstance(first, dict) or first.get("role") not in ("system", "developer"):
+            return None, 0
+        content = first.get("content")
+        text = content if isinstance(content, str) else json.dumps(content, sort_keys=True, default=str)
+        tools = body.get("tools")
+        tools_text = json.dumps(tools, sort_keys=True, default=str) if tools else ""
+        digest = hashlib.blake2b(digest_size=12)
+        for part in (str(body.get("model")), str(body.get("cache_salt")), tools_text, text):
+            digest.update(part.encode("utf-8", "replace") + b"\0")
+        key = digest.hexdigest()
+        tokens = self._prefix_tokens.get(key)
+        if tokens is None:
+            # An estimate on the low side: over-counting sharing would over-commit the pool.
+            tokens = int(0.9 * self._chars_per_token.estimate(len(text) + len(tools_text), p.chars_per_token))
+            self._prefix_tokens[key] = tokens
+            while len(self._prefix_tokens) > MAX_PREFIXES:
+                self._prefix_tokens.popitem(last=False)
+        if tokens <= 0 or tokens >= p.tokens:
+            return None, 0
+        return key, tokens
 
     def progress(self, lease: Lease, events: int) -> None:
         """Streamed content events of a running request: the context grows while it generates."""

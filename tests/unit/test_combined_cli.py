@@ -62,7 +62,17 @@ def test_status_table_shows_each_program() -> None:
     report = StatusReport(
         uptime_s=12.0,
         namespace="ns",
-        backends=[BackendStatus(url="http://v", healthy=True, capacity_tokens=15616, used_tokens=9000.0)],
+        backends=[
+            BackendStatus(url="http://v", healthy=True, capacity_tokens=15616, used_tokens=9000.0),
+            BackendStatus(
+                url="http://gpu",
+                healthy=True,
+                capacity_tokens=100_000,
+                used_tokens=0.0,
+                host_tier_tokens=400_000,
+                host_tier_used_tokens=4146,
+            ),
+        ],
         counters=Counters(
             pauses=3,
             restores=2,
@@ -114,6 +124,7 @@ def test_status_table_shows_each_program() -> None:
     render_status(console, report)
     text = console.export_text()
     assert "9,000 / 15,616 KV tokens" in text and "prepared ahead 2" in text
+    assert "host KV tier 4,146 / 400,000 tokens" in text and text.count("host KV tier") == 1
     for cell in ("agent-1", "paused", "reasoning", "4,146", "sb-1", "1.5 KiB", "1/0", "agent-2", "env-only"):
         assert cell in text
     assert human_bytes(None) == "?" and human_bytes(3 << 30) == "3.0 GiB"

@@ -355,3 +355,17 @@ def test_programs_whose_kv_is_in_a_host_tier_restore_first() -> None:
     ]
     d = decide(progs, [BackendView(A, 10_000, True, host_tier_tokens=50_000)], cfg)
     assert list(restored(d)) == ["warm"]
+
+
+def test_a_shared_prefix_is_counted_once_per_backend() -> None:
+    # Three programs of 1,000 tokens, 600 of them the same system prompt: 1,800 tokens in the engine, not 3,000.
+    shared = {"prefix_key": "sys", "prefix_tokens": 600}
+    progs = [active("a", 1000, **shared), active("b", 1000, **shared), waiting("c", 1000, **shared)]
+    assert restored(decide(progs, [BackendView(A, 2000, True)], NO_DECAY)) == {"c": A}
+    # Without the sharing the same programs do not fit.
+    plain = [active("a", 1000), active("b", 1000), waiting("c", 1000)]
+    assert not decide(plain, [BackendView(A, 2000, True)], NO_DECAY).restores
+    # A backend without the prefix charges it in full: c goes where the prefix already is.
+    backends = [BackendView(A, 2200, True), BackendView(B, 2200, True)]
+    progs = [active("a", 1000, A, **shared), active("x", 700, B), waiting("c", 1000, **shared)]
+    assert restored(decide(progs, backends, NO_DECAY)) == {"c": A}

@@ -43,8 +43,11 @@ async def test_ledger_matches_a_full_recount_through_random_operations() -> None
                 pid = f"p{rng.randrange(12)}"
                 op = rng.random()
                 if op < 0.25 and pid not in waiting and pid not in running:
-                    body = {"prompt": "x" * rng.randrange(40, 2400), "max_tokens": rng.randrange(1, 64)}
-                    waiting[pid] = asyncio.create_task(sched.admit(pid, "completion", body))
+                    user = {"role": "user", "content": "x" * rng.randrange(40, 2400)}
+                    system = {"role": "system", "content": rng.choice(["s" * 800, "t" * 400])}  # shared prefixes
+                    messages = [system, user] if rng.random() < 0.7 else [user]
+                    body = {"messages": messages, "max_tokens": rng.randrange(1, 64)}
+                    waiting[pid] = asyncio.create_task(sched.admit(pid, "chat", body))
                 elif op < 0.3 and pid in running:
                     sched.progress(running[pid], rng.randrange(1, 20))  # streamed tokens
                 elif op < 0.55 and pid in running:

@@ -22,8 +22,14 @@ def human_bytes(n: int | None) -> str:
 def render_status(console: Console, report: StatusReport) -> None:
     for backend in report.backends:
         state = "[green]up[/]" if backend.healthy else "[red]down[/]"
+        tier = (
+            f"; host KV tier {backend.host_tier_used_tokens:,} / {backend.host_tier_tokens:,} tokens"
+            if backend.host_tier_tokens
+            else ""
+        )
         console.print(
             f"backend {backend.url} {state}: {backend.used_tokens:,.0f} / {backend.capacity_tokens:,} KV tokens in use"
+            + tier
         )
     c, r = report.counters, report.resources
     console.print(

@@ -28,6 +28,8 @@ class BackendStatus(BaseModel):
     healthy: bool
     capacity_tokens: int
     used_tokens: float
+    host_tier_tokens: int = 0  # host (CPU) KV tier; 0 without one
+    host_tier_used_tokens: int = 0  # paused programs' KV accounted in it
 
 
 class ProgramStatus(BaseModel):
@@ -133,6 +135,8 @@ async def build_status(
                 healthy=snapshot.backend_healthy[url],
                 capacity_tokens=capacity,
                 used_tokens=round(snapshot.backend_used[url], 1),
+                host_tier_tokens=snapshot.backend_host_tier.get(url, 0),
+                host_tier_used_tokens=snapshot.backend_host_tier_used.get(url, 0),
             )
             for url, capacity in snapshot.backend_capacity.items()
         ],
