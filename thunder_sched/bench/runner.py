@@ -1,25 +1,36 @@
-"""One benchmark run: every program of the workload, straight to vLLM ('direct') or through the scheduler
-('thunder'), with vLLM's prefix-cache counters read before and after."""
+"""One benchmark run: every program of the workload against one URL (vLLM or the scheduler in front of it),
+streaming, with vLLM's prefix-cache counters read before and after."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
 from thunder_sched.bench.cpu import group_cpu_seconds
+from thunder_sched.bench.stats import percentile
+from thunder_sched.bench.stream import StreamError, read_stream
 from thunder_sched.bench.workload import ProgramSpec, WorkloadConfig
 from thunder_sched.vllm_metrics import counter_total, gauge_value
-
-Mode = Literal["direct", "thunder"]
 
 
 class BenchError(RuntimeError):
     """A run could not complete (a request failed or the run exceeded its time limit)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """How the programs talk to `url`: with program ids (the scheduler tracks them), with tool events
+    (tool_start/tool_end), and with at most `cap` programs in flight (None: all at once)."""
+
+    program_ids: bool = False
+    tool_events: bool = False
+    cap: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +40,12 @@ class StepRecord:
     prompt_tokens: int
     completion_tokens: int
     latency_s: float
+    ttft_s: float = 0.0
 
 
 @dataclass(slots=True)
 class RunResult:
-    mode: Mode
+    mode: str
     programs: int
     steps: int
     makespan_s: float
@@ -43,6 +55,8 @@ class RunResult:
     ideal_cached_tokens: int
     final_context_tokens: int
     capacity_tokens: int
+    system_tokens: int = 0  # the prefix every program shares (held once in the cache)
+    records: list[StepRecord] = field(default_factory=list)
     scheduler: dict[str, float] = field(default_factory=dict)
     engine_cpu_s: float | None = None  # CPU seconds of the vLLM processes during the run, if known
     loadavg: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at start and end (shared machine)
@@ -63,16 +77,39 @@ class RunResult:
     def oversubscription(self) -> float:
         return self.final_context_tokens / self.capacity_tokens
 
+    @property
+    def unique_oversubscription(self) -> float:
+        """As `oversubscription` with the shared system prompt counted once: what the pool really must hold."""
+        shared = max(0, self.programs - 1) * self.system_tokens
+        return (self.final_context_tokens - shared) / self.capacity_tokens
+
+    def latency(self, q: float) -> float:
+        return percentile([r.latency_s for r in self.records], q)
+
+    def ttft(self, q: float) -> float:
+        return percentile([r.ttft_s for r in self.records], q)
+
+    def figures(self) -> dict[str, float]:
+        """The per-run figures the report takes medians of."""
+        return {
+            "steps_per_min": self.steps_per_min,
+            "hit_rate": self.hit_rate,
+            "step_p50_s": self.latency(50),
+            "step_p99_s": self.latency(99),
+            "ttft_p50_s": self.ttft(50),
+            "ttft_p99_s": self.ttft(99),
+        }
+
     def summary(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
             "programs": self.programs,
             "steps": self.steps,
             "makespan_s": round(self.makespan_s, 2),
-            "steps_per_min": round(self.steps_per_min, 2),
-            "hit_rate": round(self.hit_rate, 4),
+            **{k: round(v, 4) for k, v in self.figures().items()},
             "ideal_hit_rate": round(self.ideal_hit_rate, 4),
             "oversubscription": round(self.oversubscription, 2),
+            "unique_oversubscription": round(self.unique_oversubscription, 2),
             "engine_cpu_s_per_step": round(self.engine_cpu_s / self.steps, 3) if self.engine_cpu_s else None,
             "loadavg_start_end": [round(x, 1) for x in self.loadavg],
             **self.scheduler,
@@ -105,56 +142,68 @@ async def system_prefix_tokens(client: httpx.AsyncClient, vllm_url: str, model: 
     return int(resp.json()["count"])
 
 
-async def _program(
-    client: httpx.AsyncClient,
-    url: str,
-    mode: Mode,
-    model: str,
-    system: str,
-    spec: ProgramSpec,
-    config: WorkloadConfig,
-    salt: str,
-    records: list[StepRecord],
-) -> None:
-    pid = f"{salt}-p{spec.index}"
-    messages: list[dict[str, str]] = [{"role": "system", "content": system}, {"role": "user", "content": spec.task}]
-    await asyncio.sleep(spec.start_delay_s)
-    for step in range(config.steps):
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": messages,
-            "max_tokens": config.output_tokens,
-            "ignore_eos": True,  # fixed output length: both modes do the same decode work
-            "temperature": 0,
-            "cache_salt": salt,
-        }
-        if mode == "thunder":
-            body["program_id"] = pid
-        started = time.monotonic()
-        resp = await client.post(f"{url}/v1/chat/completions", json=body)
+@dataclass(frozen=True, slots=True)
+class _Target:
+    http: httpx.AsyncClient
+    url: str
+    model: str
+    system: str
+    config: WorkloadConfig
+    salt: str
+    how: Client
+
+
+async def _step(t: _Target, pid: str, index: int, step: int, messages: list[dict[str, str]]) -> StepRecord:
+    body: dict[str, Any] = {
+        "model": t.model,
+        "messages": messages,
+        "max_tokens": t.config.output_tokens,
+        "ignore_eos": True,  # fixed output length: every mode does the same decode work
+        "temperature": 0,
+        "cache_salt": t.salt,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if t.how.program_ids:
+        body["program_id"] = pid
+    started = time.monotonic()
+    async with t.http.stream("POST", f"{t.url}/v1/chat/completions", json=body) as resp:
         if resp.status_code != 200:
-            raise BenchError(f"{mode} program {spec.index} step {step}: HTTP {resp.status_code}: {resp.text[:300]}")
-        data = resp.json()
-        usage = data["usage"]
-        records.append(
-            StepRecord(spec.index, step, usage["prompt_tokens"], usage["completion_tokens"], time.monotonic() - started)
-        )
-        messages.append({"role": "assistant", "content": data["choices"][0]["message"]["content"] or ""})
-        if step == config.steps - 1:
-            break
-        if mode == "thunder":
-            await _event(client, url, pid, "tool_start")
-        await asyncio.sleep(spec.tool_durations_s[step])  # the tool runs
-        if mode == "thunder":
-            await _event(client, url, pid, "tool_end", spec.tool_durations_s[step])
-        messages.append({"role": "user", "content": spec.tool_outputs[step]})
-    if mode == "thunder":
-        (await client.post(f"{url}/programs/{pid}/release")).raise_for_status()
+            text = (await resp.aread()).decode(errors="replace")
+            raise BenchError(f"program {index} step {step}: HTTP {resp.status_code}: {text[:300]}")
+        try:
+            done = await read_stream(resp.aiter_lines(), started)
+        except StreamError as exc:
+            raise BenchError(f"program {index} step {step}: {exc}") from exc
+    messages.append({"role": "assistant", "content": done.content})
+    return StepRecord(index, step, done.prompt_tokens, done.completion_tokens, done.latency_s, done.ttft_s)
 
 
-async def _event(client: httpx.AsyncClient, url: str, pid: str, kind: str, duration: float | None = None) -> None:
-    body = {"kind": kind, "sandbox_id": f"sb-{pid}", "tool": "bash", "duration_s": duration}
-    (await client.post(f"{url}/programs/{pid}/events", json=body)).raise_for_status()
+async def _event(t: _Target, pid: str, kind: str, command: str, duration: float | None = None) -> None:
+    body = {"kind": kind, "sandbox_id": f"sb-{pid}", "tool": "bash", "command": command, "duration_s": duration}
+    (await t.http.post(f"{t.url}/programs/{pid}/events", json=body)).raise_for_status()
+
+
+async def _program(
+    t: _Target, spec: ProgramSpec, slots: contextlib.AbstractAsyncContextManager[Any], records: list[StepRecord]
+) -> None:
+    pid = f"{t.salt}-p{spec.index}"
+    messages = [{"role": "system", "content": t.system}, {"role": "user", "content": spec.task}]
+    await asyncio.sleep(spec.start_delay_s)
+    async with slots:  # a capped client holds the slot from the first request to the last step
+        for step in range(t.config.steps):
+            records.append(await _step(t, pid, spec.index, step, messages))
+            if step == t.config.steps - 1:
+                break
+            command, duration = spec.tool_commands[step], spec.tool_durations_s[step]
+            if t.how.tool_events:
+                await _event(t, pid, "tool_start", command)
+            await asyncio.sleep(duration)  # the tool runs
+            if t.how.tool_events:
+                await _event(t, pid, "tool_end", command, duration)
+            messages.append({"role": "user", "content": spec.tool_outputs[step]})
+    if t.how.program_ids:
+        (await t.http.post(f"{t.url}/programs/{pid}/release")).raise_for_status()
 
 
 def ideal_cached(records: list[StepRecord], system_tokens: int) -> int:
@@ -177,7 +226,7 @@ def ideal_cached(records: list[StepRecord], system_tokens: int) -> int:
 
 async def run_once(
     *,
-    mode: Mode,
+    mode: str,
     url: str,
     vllm_url: str,
     model: str,
@@ -187,32 +236,34 @@ async def run_once(
     salt: str,
     capacity: int,
     time_limit_s: float,
+    how: Client,
     engine_pgid: int | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,  # tests: a fake vLLM
 ) -> RunResult:
     limits = httpx.Limits(max_connections=4 * len(programs) + 8)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(time_limit_s, connect=10.0), limits=limits) as client:
-        await wait_idle(client, vllm_url)
-        system_tokens = await system_prefix_tokens(client, vllm_url, model, system)
-        hits0, queries0, _ = await cache_counters(client, vllm_url)
+    timeout = httpx.Timeout(time_limit_s, connect=10.0)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport) as http:
+        await wait_idle(http, vllm_url)
+        system_tokens = await system_prefix_tokens(http, vllm_url, model, system)
+        hits0, queries0, _ = await cache_counters(http, vllm_url)
         cpu0, load0 = await asyncio.to_thread(group_cpu_seconds, engine_pgid), os.getloadavg()[0]
+        target = _Target(http, url, model, system, config, salt, how)
+        slots = asyncio.Semaphore(how.cap) if how.cap is not None else contextlib.nullcontext()
         records: list[StepRecord] = []
         started = time.monotonic()
-        tasks = [
-            asyncio.create_task(_program(client, url, mode, model, system, spec, config, salt, records))
-            for spec in programs
-        ]
+        tasks = [asyncio.create_task(_program(target, spec, slots, records)) for spec in programs]
         try:
             async with asyncio.timeout(time_limit_s):
                 await asyncio.gather(*tasks)
         except TimeoutError as exc:
             raise BenchError(f"{mode} run exceeded its {time_limit_s:.0f}s limit") from exc
         finally:
-            for t in tasks:
-                t.cancel()
+            for task in tasks:
+                task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         makespan = time.monotonic() - started
         cpu1, load1 = await asyncio.to_thread(group_cpu_seconds, engine_pgid), os.getloadavg()[0]
-        hits1, queries1, _ = await cache_counters(client, vllm_url)
+        hits1, queries1, _ = await cache_counters(http, vllm_url)
     finals = {r.program: r.prompt_tokens + r.completion_tokens for r in records if r.step == config.steps - 1}
     return RunResult(
         mode=mode,
@@ -225,6 +276,8 @@ async def run_once(
         ideal_cached_tokens=ideal_cached(records, system_tokens),
         final_context_tokens=sum(finals.values()),
         capacity_tokens=capacity,
+        system_tokens=system_tokens,
+        records=records,
         engine_cpu_s=cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None,
         loadavg=(load0, load1),
     )
