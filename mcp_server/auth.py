@@ -9,9 +9,12 @@ import re
 from collections.abc import Mapping
 from urllib.parse import unquote
 
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from starlette.authentication import AuthCredentials
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .binding import PROGRAM_HEADER, SCOPE_STATE_KEY, bind_request
+from .binding import PRINCIPAL_STATE_KEY, PROGRAM_HEADER, SCOPE_STATE_KEY, bind_request
 from .errors import ProgramBindingError
 
 PROGRAM_PATH = re.compile(r"^/p/(?P<program>[^/]+)/mcp/?$")
@@ -19,6 +22,17 @@ PROGRAM_PATH = re.compile(r"^/p/(?P<program>[^/]+)/mcp/?$")
 
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
+
+
+def principal_of(token: str) -> str:
+    """The identity a token stands for: stable, distinct per token, and not the token itself."""
+    return "token-" + hashlib.sha256(b"thunder-principal\0" + token.encode()).hexdigest()[:24]
+
+
+def authenticated_user(principal: str) -> AuthenticatedUser:
+    """The SDK's user for ``principal``: its streamable HTTP session manager records the user that opens
+    a session and answers 404 to any request for that session made with another one."""
+    return AuthenticatedUser(AccessToken(token=principal, client_id=principal, scopes=[]))
 
 
 class BearerAuthMiddleware:
@@ -30,15 +44,15 @@ class BearerAuthMiddleware:
 
     def __init__(self, app: ASGIApp, tokens: Mapping[str, str | None]) -> None:
         self.app = app
-        self._tokens = [(_digest(token), program) for token, program in tokens.items()]
+        self._tokens = [(_digest(token), program, principal_of(token)) for token, program in tokens.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        granted, token_program = self._check(headers.get("authorization", ""))
-        if not granted:
+        granted, token_program, principal = self._check(headers.get("authorization", ""))
+        if not granted or principal is None:
             await _reply(
                 send,
                 401,
@@ -58,19 +72,25 @@ class BearerAuthMiddleware:
         except PermissionError as exc:
             await _reply(send, 403, "forbidden", str(exc))
             return
+        state = scope.setdefault("state", {})
         if program is not None:
-            scope.setdefault("state", {})[SCOPE_STATE_KEY] = program
+            state[SCOPE_STATE_KEY] = program
+        # Who calls: MCP sessions are bound to it (the SDK compares scope["user"]), and the tools use it to
+        # decide which programs the caller may name (sandbox_share).
+        state[PRINCIPAL_STATE_KEY] = principal
+        scope["user"] = authenticated_user(principal)
+        scope["auth"] = AuthCredentials([])
         await self.app(scope, receive, send)
 
-    def _check(self, authorization: str) -> tuple[bool, str | None]:
+    def _check(self, authorization: str) -> tuple[bool, str | None, str | None]:
         scheme, _, presented = authorization.partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
-            return False, None
+            return False, None, None
         digest = _digest(presented.strip())
-        found: tuple[bool, str | None] = (False, None)
-        for expected, program in self._tokens:  # no early exit: time does not depend on which token matched
+        found: tuple[bool, str | None, str | None] = (False, None, None)
+        for expected, program, principal in self._tokens:  # no early exit: time does not depend on the match
             if hmac.compare_digest(digest, expected):
-                found = (True, program)
+                found = (True, program, principal)
         return found
 
 

@@ -8,7 +8,7 @@ no request: the server's default program (one per process) is used.
 
 from __future__ import annotations
 
-import re
+import hashlib
 from typing import Any
 
 from .config import check_program_id
@@ -17,9 +17,8 @@ from .errors import ProgramBindingError
 PROGRAM_HEADER = "x-program-id"
 SESSION_HEADER = "mcp-session-id"
 SCOPE_STATE_KEY = "thunder_program_id"
+PRINCIPAL_STATE_KEY = "thunder_principal"  # who authenticated the request (a token's identity), if anyone
 HOW_TO_BIND = "name the program with the URL /p/<program_id>/mcp or the header X-Program-Id"
-
-_SESSION_UNSAFE = re.compile(r"[^A-Za-z0-9._:@+-]")
 
 
 def bind_request(path_program: str | None, header_program: str | None, token_program: str | None) -> str | None:
@@ -47,8 +46,19 @@ def bind_request(path_program: str | None, header_program: str | None, token_pro
 
 
 def session_program_id(session_id: str) -> str:
-    """The program an MCP session stands for when the client names none."""
-    return "session-" + _SESSION_UNSAFE.sub("", session_id)[:100]
+    """The program an MCP session stands for when the client names none.
+
+    A digest of the session id, never the id itself: program ids show in status, metrics and logs, and a
+    session id is a credential of sorts (with the token, it lets one attach to the session).
+    """
+    return "session-" + hashlib.sha256(b"thunder-session\0" + session_id.encode()).hexdigest()[:24]
+
+
+def principal_for_call(request: Any | None) -> str | None:
+    """Who authenticated the current tool call (None: no authentication, e.g. stdio or in memory)."""
+    scope = (getattr(request, "scope", None) or {}) if request is not None else {}
+    principal = (scope.get("state") or {}).get(PRINCIPAL_STATE_KEY)
+    return str(principal) if principal else None
 
 
 def program_for_call(request: Any | None, default_program_id: str | None) -> str:

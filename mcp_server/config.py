@@ -38,7 +38,8 @@ class ServerConfig(BaseModel):
     default_image: str = "thunder/python:latest"
     # Named starting points for sandbox_create(template=...): an image plus optional setup steps and limits.
     templates: dict[str, SandboxSpec] = Field(default_factory=default_templates)
-    # Images sandbox_create accepts; None: any image the local engine has.
+    # Images sandbox_create(image=...) accepts, by exact name (no image ids, never a snapshot's image);
+    # None: the default image and the templates' images.
     allowed_images: tuple[str, ...] | None = None
     max_sandboxes_per_program: int = Field(default=16, ge=1)
     max_cpus: float = Field(default=4.0, gt=0)
@@ -58,6 +59,9 @@ class ServerConfig(BaseModel):
     file_read_default_lines: int = Field(default=2000, ge=1)
     file_read_max_bytes: int = Field(default=256 << 10, ge=1024)
     file_write_max_bytes: int = Field(default=8 << 20, ge=1024)
+    # The largest file file_read and file_edit load: refused from its size before any transfer, and the
+    # transfer itself is bounded (a file grown meanwhile, a sparse file) so the server never holds more.
+    file_max_bytes: int = Field(default=32 << 20, ge=1024)
     # File tools reach the sandbox's workdir and these directories (symlinks resolved in the sandbox).
     extra_file_roots: tuple[str, ...] = ("/tmp",)
     # A program with no tool call for this long is ended (None: never).
@@ -99,6 +103,8 @@ class HttpConfig(BaseModel):
     token: str = Field(min_length=16)
     # Tokens that each confine their holder to one program: token -> program id.
     program_tokens: dict[str, str] = Field(default_factory=dict)
+    # A read-only token for `/metrics` of `thunder serve` (scrapers); None: only the server token reads it.
+    metrics_token: str | None = Field(default=None, min_length=16)
     # Extra Host / Origin values the DNS-rebinding check accepts (loopback names always are).
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
@@ -119,4 +125,8 @@ class HttpConfig(BaseModel):
     def _distinct_tokens(self) -> HttpConfig:
         if self.token in self.program_tokens:
             raise ValueError("the server token must differ from every program token")
+        if self.metrics_token is not None and (
+            self.metrics_token == self.token or self.metrics_token in self.program_tokens
+        ):
+            raise ValueError("the metrics token must differ from the server token and every program token")
         return self

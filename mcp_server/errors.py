@@ -53,6 +53,17 @@ class PathOutsideSandboxError(InvalidSpecError):
         )
 
 
+class ProgramAccessError(ThunderError, PermissionError):
+    """A call names another program the caller may not name (sandbox_share toward an unknown program)."""
+
+    def __init__(self, program_id: str) -> None:
+        self.program_id = program_id
+        super().__init__(
+            f"cannot share with program {program_id!r}: share only with a program configured on this server "
+            "or one that has already made a call with the same token (let it call sandbox_list first)"
+        )
+
+
 class ProgramBindingError(ThunderError):
     """A request does not say which program it belongs to, or says so inconsistently."""
 

@@ -50,6 +50,7 @@ def create_http_app(server: ThunderServer, http: HttpConfig) -> Starlette:
     session_manager = server.session_manager  # made by the call above; we route to it ourselves
     endpoint = StreamableHTTPASGIApp(session_manager)
     tokens: dict[str, str | None] = {http.token: None, **http.program_tokens}
+    server.programs.configure(http.program_tokens.values())  # callers may share with these programs
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:

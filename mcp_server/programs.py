@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -35,6 +35,8 @@ class ProgramState:
     active_calls: int = 0
     pending_creates: int = 0
     ended: bool = False
+    # Who has made calls as this program (token identities; None: an unauthenticated transport).
+    principals: set[str | None] = field(default_factory=set)
 
     def live_leases(self) -> list[Lease]:
         for sandbox_id in [sid for sid, lease in self.leases.items() if lease.released]:
@@ -66,6 +68,8 @@ class ProgramRegistry:
         self._ending: dict[str, asyncio.Future[EndReport]] = {}
         self._protected: set[asyncio.Future[Any]] = set()
         self._closed = False
+        # Programs the operator named (program tokens, the default program): any caller may name them.
+        self._configured: set[str] = {config.default_program_id} if config.default_program_id else set()
 
     # ------------------------------------------------------------------ programs
 
@@ -87,10 +91,23 @@ class ProgramRegistry:
             self._ensure_reaper()
         return state
 
+    def configure(self, program_ids: Iterable[str]) -> None:
+        """Declare programs of the configuration (e.g. those of program tokens): callers may name them."""
+        self._configured.update(check_program_id(program_id) for program_id in program_ids)
+
+    def may_name(self, program_id: str, principal: str | None) -> bool:
+        """Whether a caller may name ``program_id`` as another program (sandbox_share's target): a configured
+        program, or a live one that already made a call with the caller's own token."""
+        if program_id in self._configured:
+            return True
+        state = self._programs.get(program_id)
+        return state is not None and principal in state.principals
+
     @contextlib.asynccontextmanager
-    async def call(self, program_id: str) -> AsyncIterator[ProgramState]:
+    async def call(self, program_id: str, principal: str | None = None) -> AsyncIterator[ProgramState]:
         """Attribute one tool call to a program: it is not idle while the call runs."""
         state = self.state(program_id)
+        state.principals.add(principal)
         state.active_calls += 1
         state.last_active = self._clock()
         try:

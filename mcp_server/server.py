@@ -11,6 +11,7 @@ from thunder_env import EnvManager
 from .config import ServerConfig
 from .programs import ProgramRegistry
 from .tools import Deps, register_all
+from .tools.sandboxes import offered_images
 
 
 def instructions(config: ServerConfig) -> str:
@@ -23,7 +24,8 @@ When the whole task is finished, call program_end: it frees everything this prog
 
 - Every call belongs to your program; you can only use sandboxes your program created or was given
   with sandbox_share. Sandbox ids look like 'sb-1a2b3c4d5e6f'.
-- sandbox_create: templates {templates}; default image {config.default_image}; no network unless asked.
+- sandbox_create: templates {templates}; default image {config.default_image}; images offered:
+  {", ".join(offered_images(config))}; no network unless asked.
 - sandbox_exec runs '/bin/sh -c <command>'. It waits timeout_s seconds (default {config.default_wait_s:g});
   a command still running then keeps running in the background and you get a process_id: poll it with
   process_output (pass back next_stdout_offset/next_stderr_offset; wait_s to wait for the end), stop it

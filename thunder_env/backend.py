@@ -74,8 +74,13 @@ class SandboxOperations(Protocol):
     async def kill_marked(self, sandbox_id: str, marker: str, user: str = "") -> None:
         """Kill every process of the sandbox whose environment carries ``marker``."""
 
-    async def get_archive(self, sandbox_id: str, path: str) -> bytes:
-        """A tar of ``path`` (file or directory) from the sandbox."""
+    async def get_archive(self, sandbox_id: str, path: str, max_bytes: int | None = None) -> bytes:
+        """A tar of ``path`` (file or directory) from the sandbox.
+
+        With ``max_bytes``, never holds more than about that much: a path whose content passes it raises
+        ``FileTooLargeError`` (from the path's size before any transfer where the engine reports it, else
+        once the bytes streamed pass ``max_bytes`` plus the tar headers' overhead).
+        """
 
     async def put_archive(self, sandbox_id: str, dest_dir: str, data: bytes) -> None:
         """Extract a tar into ``dest_dir`` of the sandbox."""

@@ -81,6 +81,20 @@ class FileOperationError(ThunderError, OSError):
         super().__init__(f"{path}: {message}")
 
 
+class FileTooLargeError(FileOperationError):
+    """A file (or the archive of a path) is larger than the read limit: nothing past the limit was loaded."""
+
+    def __init__(self, path: str, limit: int, size: int | None = None) -> None:
+        self.limit = limit
+        self.size = size
+        what = f"is {size} bytes" if size is not None else "is larger than that"
+        super().__init__(
+            path,
+            f"too large to read: the read limit is {limit} bytes and the file {what}; "
+            "read a part of it with a command (head -c, tail -c, sed -n) instead",
+        )
+
+
 class PortExposeError(ThunderError):
     """A port could not be exposed (sandbox without network, bad port number...)."""
 

@@ -9,7 +9,7 @@ import tarfile
 import time
 
 from .backend import ExecRequest, SandboxOperations
-from .errors import FileOperationError, InvalidSpecError
+from .errors import FileOperationError, FileTooLargeError, InvalidSpecError
 from .results import FileEntry
 
 MAX_SYMLINK_HOPS = 8
@@ -104,16 +104,16 @@ async def list_dir(ops: SandboxOperations, sandbox_id: str, path: str, user: str
 async def _fetch_single(
     ops: SandboxOperations, sandbox_id: str, path: str, max_bytes: int
 ) -> tuple[tarfile.TarInfo, bytes]:
-    archive = await ops.get_archive(sandbox_id, path)
+    # Bounded: a huge (or sparse) file is refused from its size, or once the stream passes the limit,
+    # never loaded whole into this process.
+    archive = await ops.get_archive(sandbox_id, path, max_bytes)
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
         member = tar.next()
         if member is None:
             raise FileOperationError(path, "the engine returned an empty archive")
         if member.isfile():
             if member.size > max_bytes:
-                raise FileOperationError(
-                    path, f"is {member.size} bytes, over the {max_bytes}-byte read limit; download it as a tar"
-                )
+                raise FileTooLargeError(path, max_bytes, member.size)
             extracted = tar.extractfile(member)
             return member, extracted.read() if extracted else b""
         return member, b""

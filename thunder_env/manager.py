@@ -26,7 +26,7 @@ from .errors import (
     ProcessNotFoundError,
     SandboxNotFoundError,
 )
-from .events import EventBus, ToolEvent, ToolEventListener
+from .events import EventBus, ToolEvent, ToolEventListener, command_word
 from .leases import Lease, LeaseTable
 from .output import RollingBuffer
 from .ports import PortForwarder
@@ -233,7 +233,7 @@ class EnvManager(ProvisioningMixin):
         """Run a command (a string runs in ``/bin/sh -c``; a list is argv) and wait for it."""
         sandbox = self._checked(lease)
         request = self._request(sandbox, command, timeout_s, env, workdir, stdin, user, output_limit)
-        async with self._tool_call(lease, sandbox, tool) as outcome:
+        async with self._tool_call(lease, sandbox, tool, command_word(request.argv)) as outcome:
             result = await self.backend.exec(sandbox.sandbox_id, request, on_output)
             outcome.exit_code = result.exit_code
             return result
@@ -301,7 +301,7 @@ class EnvManager(ProvisioningMixin):
             stdout=RollingBuffer(self.config.background_buffer_bytes),
             stderr=RollingBuffer(self.config.background_buffer_bytes),
         )
-        async with self._tool_call(lease, sandbox, "process_start"):
+        async with self._tool_call(lease, sandbox, "process_start", command_word(request.argv)):
             process.task = asyncio.create_task(self.backend.exec(sandbox.sandbox_id, request, process.on_output))
         sandbox.processes[process.process_id] = process
         self._processes[process.process_id] = process
@@ -331,13 +331,16 @@ class EnvManager(ProvisioningMixin):
                         await asyncio.wait_for(asyncio.shield(process.task), 5.0)
         return process.output_since(0, 0)
 
-    async def read_file(self, lease: Lease, path: str, offset: int = 0, length: int | None = None) -> bytes:
+    async def read_file(
+        self, lease: Lease, path: str, offset: int = 0, length: int | None = None, *, max_bytes: int | None = None
+    ) -> bytes:
+        """The file's bytes; a file over ``max_bytes`` (at most the manager's ``max_read_bytes``) raises
+        ``FileTooLargeError`` without being loaded."""
         sandbox = self._checked(lease)
         full = files.resolve_path(sandbox.spec.workdir, path)
+        limit = self.config.max_read_bytes if max_bytes is None else min(max_bytes, self.config.max_read_bytes)
         async with self._tool_call(lease, sandbox, "file_read"):
-            return await files.read_file(
-                self.backend, sandbox.sandbox_id, full, offset, length, self.config.max_read_bytes
-            )
+            return await files.read_file(self.backend, sandbox.sandbox_id, full, offset, length, limit)
 
     async def write_file(self, lease: Lease, path: str, data: bytes, mode: int = 0o644) -> str:
         """Write a file, creating missing parent directories. Returns the absolute path written."""
@@ -443,13 +446,17 @@ class EnvManager(ProvisioningMixin):
         )
 
     @contextlib.asynccontextmanager
-    async def _tool_call(self, lease: Lease, sandbox: _Sandbox, tool: str) -> AsyncIterator[_Outcome]:
+    async def _tool_call(
+        self, lease: Lease, sandbox: _Sandbox, tool: str, command: str | None = None
+    ) -> AsyncIterator[_Outcome]:
         outcome = _Outcome()
         call_id = secrets.token_hex(6)
         started = time.monotonic()
         sandbox.busy += 1
         await self.events.emit(
-            ToolEvent("tool_start", lease.program_id, sandbox.sandbox_id, tool, call_id, self.events.clock())
+            ToolEvent(
+                "tool_start", lease.program_id, sandbox.sandbox_id, tool, call_id, self.events.clock(), command=command
+            )
         )
         try:
             yield outcome
@@ -458,7 +465,7 @@ class EnvManager(ProvisioningMixin):
             sandbox.last_used_at = self._clock()
             end = ToolEvent(
                 "tool_end", lease.program_id, sandbox.sandbox_id, tool, call_id, self.events.clock(),
-                duration_s=time.monotonic() - started, exit_code=outcome.exit_code,
+                duration_s=time.monotonic() - started, exit_code=outcome.exit_code, command=command,
             )
             await asyncio.shield(self.events.emit(end))
 

@@ -15,7 +15,7 @@ from mcp_types import CallToolResult, TextContent, ToolAnnotations
 
 from thunder_env import EnvManager, InvalidSpecError, Lease
 
-from ..binding import program_for_call
+from ..binding import principal_for_call, program_for_call
 from ..config import ServerConfig
 from ..errors import tool_errors
 from ..models import PortInfo, SandboxSummary, ToolResult
@@ -76,9 +76,15 @@ def tool(
 async def program_call(deps: Deps, ctx: Context) -> AsyncIterator[ProgramState]:
     """The calling program's state for the duration of one tool call; errors become ToolError."""
     with tool_errors():
-        program_id = program_for_call(ctx.request_context.request, deps.config.default_program_id)
-        async with deps.programs.call(program_id) as state:
+        request = ctx.request_context.request
+        program_id = program_for_call(request, deps.config.default_program_id)
+        async with deps.programs.call(program_id, principal_for_call(request)) as state:
             yield state
+
+
+def caller_principal(ctx: Context) -> str | None:
+    """Who authenticated the current call (None without authentication: stdio, in memory)."""
+    return principal_for_call(ctx.request_context.request)
 
 
 def reply(result: ToolResult) -> CallToolResult:

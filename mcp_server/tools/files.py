@@ -6,7 +6,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult
 from pydantic import Field
 
-from thunder_env import FileOperationError, InvalidSpecError, Lease
+from thunder_env import FileOperationError, FileTooLargeError, InvalidSpecError, Lease
 
 from ..errors import TextNotFoundError
 from ..models import FileEditResult, FileEntryInfo, FileListResult, FileReadResult, FileWriteResult
@@ -31,7 +31,9 @@ def register(server: MCPServer, deps: Deps) -> None:
             raise FileOperationError(target.requested, "is a directory; use file_list")
         if target.kind != "file":
             raise FileOperationError(target.requested, "is not a regular file")
-        data = await manager.read_file(lease, target.path)
+        if target.size is not None and target.size > config.file_max_bytes:
+            raise FileTooLargeError(target.requested, config.file_max_bytes, target.size)
+        data = await manager.read_file(lease, target.path, max_bytes=config.file_max_bytes)
         try:
             return data.decode("utf-8"), False, len(data)
         except UnicodeDecodeError:

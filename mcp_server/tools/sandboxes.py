@@ -11,8 +11,10 @@ from pydantic import Field
 
 from thunder_env import InvalidSpecError, Lease, SandboxSpec
 from thunder_env.results import SnapshotInfo
+from thunder_env.snapshots import SNAPSHOT_REPOSITORY
 
-from ..errors import ProgramRetiredError, SnapshotAccessError
+from ..config import ServerConfig
+from ..errors import ProgramAccessError, ProgramRetiredError, SnapshotAccessError
 from ..models import (
     ForkResult,
     PortResult,
@@ -24,7 +26,7 @@ from ..models import (
     SnapshotResult,
 )
 from ..programs import ProgramState
-from .common import Deps, program_call, reply, summarize, tool
+from .common import Deps, caller_principal, program_call, reply, summarize, tool
 
 SandboxId = Annotated[
     str, Field(description="A sandbox id from sandbox_create or sandbox_list, e.g. 'sb-1a2b3c4d5e6f'")
@@ -43,7 +45,10 @@ def register(server: MCPServer, deps: Deps) -> None:
         ] = None,
         image: Annotated[
             str | None,
-            Field(description="A container image present on the server; default is the server's default image"),
+            Field(
+                description="An image this server offers (see the server instructions); default is the server's "
+                "default image. Snapshots are started with snapshot_id, not by image"
+            ),
         ] = None,
         snapshot_id: Annotated[
             str | None,
@@ -106,10 +111,15 @@ def register(server: MCPServer, deps: Deps) -> None:
     ) -> Annotated[CallToolResult, ShareResult]:
         """Give another program its own lease on a sandbox this program holds.
 
-        Both programs can then use it; it lives until every holder has released it or ended.
+        Both programs can then use it; it lives until every holder has released it or ended. The other
+        program must be configured on the server or have made a call with the same token already.
         """
         async with program_call(deps, ctx) as state:
             programs.lease(state, sandbox_id)  # only a holder may share
+            # Only toward programs the caller may name: sharing creates the target's state and uses its
+            # quota, so an arbitrary id would let one tenant fill another's (or invent programs).
+            if program_id != state.program_id and not programs.may_name(program_id, caller_principal(ctx)):
+                raise ProgramAccessError(program_id)
             target = programs.state(program_id)
             existing = target.leases.get(sandbox_id)
             if existing is not None and not existing.released:
@@ -228,11 +238,7 @@ def _build_spec(
             offered = ", ".join(sorted(config.templates)) or "none"
             raise InvalidSpecError(f"unknown template {template!r}; this server offers: {offered}")
     else:
-        chosen = image or config.default_image
-        if config.allowed_images is not None and chosen not in config.allowed_images:
-            raise InvalidSpecError(
-                f"image {chosen!r} is not offered; allowed images: {', '.join(config.allowed_images)}"
-            )
+        chosen = offered_image(config, image) if image is not None else config.default_image
         base = SandboxSpec(image=chosen, memory_bytes=config.default_memory_bytes)
     if cpus is not None and cpus > config.max_cpus:
         raise InvalidSpecError(f"cpus must be at most {config.max_cpus:g} on this server, got {cpus:g}")
@@ -259,6 +265,49 @@ def _build_spec(
         overrides["setup"] = (*base.setup, *setup)
     # Validated again as a whole: the spec's own rules (absolute workdir, port range...) apply.
     return SandboxSpec.model_validate({**base.model_dump(), **overrides})
+
+
+def offered_images(config: ServerConfig) -> tuple[str, ...]:
+    """The images sandbox_create(image=...) accepts: ``allowed_images`` if configured, else the default
+    image and the templates' images. Never a snapshot's image, never an image id."""
+    if config.allowed_images is not None:
+        return config.allowed_images
+    return tuple(dict.fromkeys((config.default_image, *(spec.image for spec in config.templates.values()))))
+
+
+def offered_image(config: ServerConfig, image: str) -> str:
+    """``image`` as configured, if the server offers it; else a clear error.
+
+    Names are compared exactly (a missing tag means ``:latest``): an image id, an id prefix or another
+    name of the same image is refused, so a program cannot start another program's snapshot (or any other
+    local image) by naming it; snapshots are started by snapshot_id, through the ownership check.
+    """
+    offered = offered_images(config)
+    if _repository(image) == SNAPSHOT_REPOSITORY:
+        raise InvalidSpecError(
+            f"image {image!r} is a snapshot: start a sandbox from a snapshot this program holds with "
+            "sandbox_create(snapshot_id=...) or sandbox_fork, not by its image name"
+        )
+    wanted = _with_tag(image)
+    for candidate in offered:
+        if _with_tag(candidate) == wanted and _repository(candidate) != SNAPSHOT_REPOSITORY:
+            return candidate
+    raise InvalidSpecError(
+        f"image {image!r} is not offered by this server; offered images: {', '.join(offered) or 'none'} "
+        "(or use a template)"
+    )
+
+
+def _repository(image: str) -> str:
+    name = image.split("@", 1)[0]
+    head, sep, tail = name.rpartition(":")
+    return head if sep and "/" not in tail else name
+
+
+def _with_tag(image: str) -> str:
+    if "@" in image:
+        return image
+    return image if _repository(image) != image else f"{image}:latest"
 
 
 def _check_capacity(deps: Deps, state: ProgramState, adding: int) -> None:

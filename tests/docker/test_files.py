@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+import resource
 import tarfile
+import time
 
 import pytest
 
-from thunder_env import EnvManager, FileOperationError, SandboxSpec
+from thunder_env import EnvManager, FileOperationError, FileTooLargeError, SandboxSpec
 
 
 @pytest.fixture
@@ -31,6 +33,41 @@ async def test_binary_and_empty_files(manager: EnvManager, lease) -> None:
     assert await manager.read_file(lease, "/tmp/bin") == data
     await manager.write_file(lease, "/tmp/empty", b"")
     assert await manager.read_file(lease, "/tmp/empty") == b""
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+async def test_huge_sparse_file_is_refused_without_being_loaded(manager: EnvManager, lease) -> None:
+    # 50 GB that cost the sandbox no disk: the archive of it is 50 GB of zeros. Before the bound, the
+    # manager read all of it into memory before looking at the size.
+    assert (await manager.exec(lease, ["truncate", "-s", "50G", "/tmp/big"])).exit_code == 0
+    limit = manager.config.max_read_bytes
+    rss_before, started = _peak_rss_bytes(), time.monotonic()
+    expected = f"read limit is {limit} bytes and the file is {50 << 30} bytes"
+    with pytest.raises(FileTooLargeError, match=expected) as info:
+        await manager.read_file(lease, "/tmp/big")
+    assert info.value.limit == limit and info.value.size == 50 << 30
+    assert time.monotonic() - started < 10, "the size is known from the engine's stat: nothing to stream"
+    assert _peak_rss_bytes() - rss_before < 256 << 20
+    # Through a symlink, and with a smaller per-call limit: the same.
+    await manager.exec(lease, ["ln", "-s", "/tmp/big", "/tmp/link"])
+    with pytest.raises(FileTooLargeError, match="read limit is 4096 bytes"):
+        await manager.read_file(lease, "/tmp/link", max_bytes=4096)
+
+
+async def test_archive_stream_stops_past_the_bound_when_the_size_is_unknown(manager: EnvManager, lease) -> None:
+    # A directory's size says nothing about its archive: the stream itself is cut once past the bound.
+    assert (await manager.exec(lease, ["sh", "-c", "mkdir /tmp/d && truncate -s 50G /tmp/d/big"])).exit_code == 0
+    rss_before, started = _peak_rss_bytes(), time.monotonic()
+    with pytest.raises(FileTooLargeError, match=f"read limit is {1 << 20} bytes"):
+        await manager.backend.get_archive(lease.sandbox_id, "/tmp/d", max_bytes=1 << 20)
+    assert time.monotonic() - started < 10
+    assert _peak_rss_bytes() - rss_before < 256 << 20
+    # The engine connection was dropped, not left streaming: the sandbox still answers normally.
+    await manager.write_file(lease, "/tmp/d/small", b"ok")
+    assert await manager.read_file(lease, "/tmp/d/small", max_bytes=1 << 20) == b"ok"
 
 
 async def test_missing_file_and_directory_errors(manager: EnvManager, lease) -> None:

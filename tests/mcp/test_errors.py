@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from mcp import Client
 from pydantic import ValidationError
@@ -96,6 +98,31 @@ async def test_invalid_timeouts_and_environments_are_refused(client: Client) -> 
     assert (await sh(client, sandbox_id, "ls ran 2>&1; true"))["stdout"].endswith("No such file or directory\n")
 
 
+async def test_snapshot_images_and_image_ids_are_refused_as_images(make_server: ServerFactory) -> None:
+    # The image of prog-a's snapshot is a local image like any other: by name or by id (prefix) it used to
+    # start a sandbox for prog-b, past the snapshot ownership check.
+    owner_server = await make_server()
+    other_server = await make_server(share_with=owner_server, default_program_id="prog-b")
+    async with Client(owner_server) as owner, Client(other_server) as other:
+        sandbox_id = await create_sandbox(owner)
+        await call(owner, "file_write", sandbox_id=sandbox_id, path="secret.txt", content="mine")
+        snapshot_id = (await call(owner, "sandbox_snapshot", sandbox_id=sandbox_id))["snapshot_id"]
+        (info,) = [i for i in owner_server.manager.snapshots() if i.snapshot_id == snapshot_id]
+        hex_id = info.image_id.removeprefix("sha256:")
+        for image in (f"thunder/snapshot:{snapshot_id}", "thunder/snapshot", info.image_id, hex_id, hex_id[:12]):
+            message = await call_error(other, "sandbox_create", image=image)
+            assert "is a snapshot" in message or "is not offered by this server" in message, (image, message)
+            assert "sandbox_create(snapshot_id=" in message or "thunder/python:latest" in message, message
+        # Even its owner starts it by snapshot id only; other local images are not offered either.
+        message = await call_error(owner, "sandbox_create", image=f"thunder/snapshot:{snapshot_id}")
+        assert "is a snapshot" in message and "snapshot_id" in message
+        assert "has no snapshot" in await call_error(other, "sandbox_create", snapshot_id=snapshot_id)
+        assert len(owner_server.manager.sandboxes()) == 1
+        # The configured images are offered, with or without their tag.
+        await create_sandbox(other, template=None, image="thunder/base")
+        assert len(owner_server.manager.sandboxes()) == 2
+
+
 async def test_bad_sandbox_requests_create_nothing(make_server: ServerFactory) -> None:
     server = await make_server(allowed_images=("thunder/base:latest",), max_sandboxes_per_program=1)
     async with Client(server) as client:
@@ -117,7 +144,7 @@ async def test_bad_sandbox_requests_create_nothing(make_server: ServerFactory) -
 
 
 async def test_missing_image_is_explained(make_server: ServerFactory) -> None:
-    server = await make_server()
+    server = await make_server(allowed_images=("thunder/does-not-exist:1",))
     async with Client(server) as client:
         message = await call_error(client, "sandbox_create", image="thunder/does-not-exist:1")
     assert "not present in the local Docker Engine" in message
@@ -137,6 +164,20 @@ async def test_file_errors(client: Client) -> None:
     assert "identical" in await call_error(
         client, "file_edit", sandbox_id=sandbox_id, path="two.txt", old_text="1", new_text="1"
     )
+
+
+async def test_huge_files_are_refused_by_file_read_and_file_edit(client: Client) -> None:
+    # A sparse 50 GB file costs the sandbox nothing; reading it used to load all of it into the server.
+    sandbox_id = await create_sandbox(client)
+    await sh(client, sandbox_id, "truncate -s 50G big && echo small > small")
+    limit = ServerConfig.model_fields["file_max_bytes"].default
+    started = time.monotonic()
+    for tool, extra in (("file_read", {}), ("file_edit", {"old_text": "a", "new_text": "b"})):
+        message = await call_error(client, tool, sandbox_id=sandbox_id, path="big", **extra)
+        assert f"read limit is {limit} bytes and the file is {50 << 30} bytes" in message, (tool, message)
+        assert "head -c" in message
+    assert time.monotonic() - started < 20
+    assert (await call(client, "file_read", sandbox_id=sandbox_id, path="small"))["content"] == "small\n"
 
 
 def test_non_finite_seconds_are_refused() -> None:

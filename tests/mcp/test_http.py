@@ -100,6 +100,55 @@ async def test_unbound_sessions_are_programs_that_end_with_the_session(http_targ
         assert "/p/<program_id>/mcp" in await call_error(client, "sandbox_list")
 
 
+async def test_a_session_answers_only_the_token_that_opened_it(http_target: HttpTarget) -> None:
+    # A leaked session id is not enough: with another token it neither attaches to the session nor ends it.
+    owner, intruder = {"Authorization": f"Bearer {TOKEN}"}, {"Authorization": f"Bearer {PROGRAM_TOKEN}"}
+    opened = await raw_post(http_target.url(), owner)
+    assert opened.status_code == 200
+    session = opened.headers["mcp-session-id"]
+    ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+
+    async def send(method: str, headers: dict[str, str]) -> httpx.Response:
+        session_headers = {**MCP_HEADERS, **headers, "Mcp-Session-Id": session, "Mcp-Protocol-Version": "2025-06-18"}
+        async with httpx.AsyncClient() as http:
+            if method == "DELETE":
+                return await http.delete(http_target.url(), headers=session_headers)
+            return await http.post(http_target.url(), json=ping, headers=session_headers)
+
+    assert (await send("POST", owner)).status_code == 200
+    for method in ("POST", "DELETE"):
+        refused = await send(method, intruder)
+        assert refused.status_code == 404 and "Session not found" in refused.text, (method, refused.text)
+    assert (await send("POST", owner)).status_code == 200  # still there, still the owner's
+    assert (await send("DELETE", owner)).status_code < 300
+
+
+async def test_sandbox_share_only_toward_programs_the_caller_may_name(http_target: HttpTarget) -> None:
+    programs = http_target.server.programs
+    async with http_target.client(http_target.url("sharer")) as sharer:
+        sandbox_id = await create_sandbox(sharer)
+        # An id nobody configured and no call made: refused, and no state (nor quota) made for it.
+        message = await call_error(sharer, "sandbox_share", sandbox_id=sandbox_id, program_id="made-up")
+        assert "cannot share with program 'made-up'" in message and "same token" in message
+        assert programs.get("made-up") is None
+        # A program this token already called as: allowed.
+        async with http_target.client(http_target.url("known")) as known:
+            await call(known, "sandbox_list")
+            await call(sharer, "sandbox_share", sandbox_id=sandbox_id, program_id="known")
+            assert (await call(known, "sandbox_list"))["sandboxes"][0]["sandbox_id"] == sandbox_id
+            await call(known, "program_end")
+        # A configured program (it has a program token): allowed before it ever called.
+        await call(sharer, "sandbox_share", sandbox_id=sandbox_id, program_id="prog-tok")
+    # Another token may not name the programs of this one.
+    async with http_target.client(http_target.url(), {"Authorization": f"Bearer {PROGRAM_TOKEN}"}) as scoped:
+        (held,) = (await call(scoped, "sandbox_list"))["sandboxes"]
+        message = await call_error(scoped, "sandbox_share", sandbox_id=held["sandbox_id"], program_id="sharer")
+        assert "cannot share with program 'sharer'" in message
+        await call(scoped, "program_end")
+    async with http_target.client(http_target.url("sharer")) as sharer:
+        await call(sharer, "program_end")
+
+
 async def test_cancellation_over_http_kills_the_command(http_target: HttpTarget) -> None:
     async with http_target.client(http_target.url("cancel-http"), mode="legacy") as client:
         sandbox_id = await create_sandbox(client)

@@ -27,6 +27,9 @@ from .test_combined_link import MemoryBackend
 
 BACKEND = "http://fake-vllm"
 TOKEN = "unit-token-" + "0123456789abcdef"
+PROGRAM_TOKEN = "unit-program-token-" + "0123456789abcdef"
+METRICS_TOKEN = "unit-metrics-token-" + "0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @dataclass
@@ -64,7 +67,7 @@ async def served() -> AsyncIterator[Served]:
     backend = MemoryBackend()
     config = CombinedConfig(
         scheduler=SchedulerConfig(backends=(BACKEND,), interval_s=0.2),
-        http=HttpConfig(port=0, token=TOKEN),
+        http=HttpConfig(port=0, token=TOKEN, program_tokens={PROGRAM_TOKEN: "agent-5"}, metrics_token=METRICS_TOKEN),
         manager=ManagerConfig(namespace="unit-app", min_free_memory_bytes=0),
     )
     manager = CombinedEnvManager(backend, config.manager)  # type: ignore[arg-type]
@@ -115,7 +118,7 @@ async def test_mcp_is_served_behind_the_token_and_shares_the_program(served: Ser
         listed = await tools.call("sandbox_list")
         assert listed == {"program_id": "agent-3", "sandboxes": []}
         await served.http.post("/p/agent-3/v1/chat/completions", json=chat())
-        status = StatusReport.model_validate((await served.http.get("/thunder/status?disk=0")).json())
+        status = StatusReport.model_validate((await served.http.get("/thunder/status?disk=0", headers=AUTH)).json())
         (program,) = status.programs
         assert (program.program_id, program.status, program.phase) == ("agent-3", "active", "acting")
         assert program.mcp and program.steps == 1
@@ -128,7 +131,7 @@ async def test_mcp_is_served_behind_the_token_and_shares_the_program(served: Ser
 
 async def test_metrics_cover_both_sides(served: Served) -> None:
     await served.http.post("/p/agent-4/v1/chat/completions", json=chat())
-    text = (await served.http.get("/metrics")).text
+    text = (await served.http.get("/metrics", headers=AUTH)).text
     for name in ("thunder_programs{", "thunder_restores_total", "thunder_env_sandboxes", "thunder_mcp_programs"):
         assert name in text, name
     assert 'thunder_env_prepared_total{outcome="ready_at_acquire"}' in text
@@ -142,3 +145,64 @@ async def test_shutdown_ends_every_program_still_open(served: Served) -> None:
     assert served.combined.registry.programs() == ["tools-1"]
     assert served.combined.scheduler.program("tools-1").status is not Status.TERMINATED
     # The fixture's teardown stops the server and checks that it ended on both sides.
+
+
+GUARDED = [
+    ("GET", "/programs"), ("GET", "/programs/"), ("GET", "/programs/agent-1"), ("POST", "/programs/agent-1/release"),
+    ("POST", "/programs/agent-1/events"), ("GET", "/thunder/status"), ("GET", "/thunder/status/"),
+    ("GET", "/metrics"), ("GET", "/metrics/"), ("GET", "/%70rograms/agent-1"), ("POST", "/programs/agent-1%2Frelease"),
+]  # fmt: skip
+
+
+async def test_program_state_routes_need_the_token(served: Served) -> None:
+    http = served.http
+    await http.post("/p/agent-1/v1/chat/completions", json=chat())
+    await http.post("/p/agent-5/v1/chat/completions", json=chat())
+    for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789abcdef"}, {"Authorization": TOKEN}):
+        for method, path in GUARDED:
+            response = await http.request(method, path, headers=headers, json={})
+            assert response.status_code == 401, (headers, method, path, response.text)
+            assert response.headers["www-authenticate"].startswith("Bearer")
+    assert served.combined.scheduler.program("agent-1").status is Status.ACTIVE  # nobody released it
+    # The metrics token reads /metrics and nothing else.
+    metrics = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    assert (await http.get("/metrics", headers=metrics)).status_code == 200
+    for method, path in GUARDED[:7]:
+        assert (await http.request(method, path, headers=metrics, json={})).status_code == 403, path
+    # A program token reaches its own program only.
+    scoped = {"Authorization": f"Bearer {PROGRAM_TOKEN}"}
+    assert (await http.get("/programs/agent-5", headers=scoped)).json()["program_id"] == "agent-5"
+    for method, path in GUARDED:
+        assert (await http.request(method, path, headers=scoped, json={})).status_code == 403, path
+    assert served.combined.scheduler.program("agent-1").status is Status.ACTIVE
+    # The server token reaches all of it.
+    assert {p["program_id"] for p in (await http.get("/programs", headers=AUTH)).json()} == {"agent-1", "agent-5"}
+    assert (await http.get("/thunder/status?disk=0", headers=AUTH)).status_code == 200
+    assert (await http.post("/programs/agent-1/release", headers=AUTH)).status_code == 200
+    assert served.combined.scheduler.program("agent-1").status is Status.TERMINATED
+    # The OpenAI API and /health stay open (the token would be forwarded to vLLM).
+    assert (await http.get("/health")).status_code == 200
+
+
+async def test_status_and_programs_never_show_mcp_session_ids(served: Served) -> None:
+    headers = {**AUTH, "Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    init = {
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
+    }  # fmt: skip
+    opened = await served.http.post("/mcp", json=init, headers=headers)
+    session = opened.headers["mcp-session-id"]
+    in_session = {**headers, "Mcp-Session-Id": session, "Mcp-Protocol-Version": "2025-06-18"}
+    await served.http.post("/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=in_session)
+    listed = await served.http.post(
+        "/mcp", headers=in_session,
+        json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "sandbox_list", "arguments": {}}},
+    )  # fmt: skip
+    (program_id,) = served.combined.registry.programs()  # the session's own program
+    assert program_id.startswith("session-") and program_id in listed.text
+    for path in ("/thunder/status?disk=0", "/programs?include_terminated=true", "/metrics"):
+        text = (await served.http.get(path, headers=AUTH)).text
+        assert session not in text, path
+    status = StatusReport.model_validate((await served.http.get("/thunder/status?disk=0", headers=AUTH)).json())
+    assert [p.program_id for p in status.programs] == [program_id]
+    assert session not in program_id

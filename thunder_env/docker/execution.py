@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import dataclasses
 import io
+import json
 import logging
 import time
 
 import aiodocker
+import aiohttp
 from aiodocker.stream import Stream
 
 from ..backend import ExecRequest, OutputCallback
-from ..errors import BackendError, FileOperationError
+from ..errors import BackendError, FileOperationError, FileTooLargeError
 from ..output import HeadTailBuffer
 from ..results import ExecResult, OutputChunk
 from .agent_client import AgentLostError
@@ -27,6 +31,13 @@ MARKER_VAR = "THUNDER_EXEC_ID"
 # After a kill, output still in flight is read for at most this long.
 DRAIN_AFTER_KILL_S = 2.0
 OOM_EXIT_CODE = 137
+# A bounded archive read may pass the content limit by this much: tar headers (PAX ones for long
+# names), padding to 512-byte blocks and the two end blocks.
+ARCHIVE_OVERHEAD_BYTES = 64 << 10
+_PATH_STAT_HEADER = "X-Docker-Container-Path-Stat"
+# Go's os.ModeType (dir, symlink, device, named pipe, socket, char device, irregular): a regular file
+# has none of these bits.
+_GO_MODE_TYPE = (1 << 31) | (1 << 27) | (1 << 26) | (1 << 25) | (1 << 24) | (1 << 21) | (1 << 19)
 
 # Kills every process whose environment carries the marker: the command and all it spawned,
 # whatever process group or session they moved to. Runs twice to catch forks racing the first pass.
@@ -143,14 +154,23 @@ class DockerExecution(DockerAgentSupport):
                     raise
                 await asyncio.sleep(0.2 * (attempt + 1))
 
-    async def get_archive(self, sandbox_id: str, path: str) -> bytes:
+    async def get_archive(self, sandbox_id: str, path: str, max_bytes: int | None = None) -> bytes:
         container = self._docker.containers.container(container_name(sandbox_id))
         try:
             async with engine_errors(sandbox_id):
                 async with self._docker._query(
                     f"containers/{container.id}/archive", method="GET", params={"path": path}
                 ) as response:
-                    return await response.read()
+                    try:
+                        if max_bytes is None:
+                            return await response.read()
+                        size = _regular_file_size(response.headers.get(_PATH_STAT_HEADER, ""))
+                        if size is not None and size > max_bytes:
+                            raise FileTooLargeError(path, max_bytes, size)  # before a byte of it is read
+                        return await _read_bounded(response.content, path, max_bytes)
+                    finally:
+                        # An early exit leaves the body unread: drop the connection, the engine stops sending.
+                        response.close()
         except BackendError as exc:
             if exc.status == 404:
                 raise FileOperationError(path, "no such file or directory") from exc
@@ -220,6 +240,30 @@ async def _pump(
         (stdout if name == "stdout" else stderr).feed(message.data)
         if on_output is not None:
             on_output(OutputChunk(name, message.data))
+
+
+def _regular_file_size(header: str) -> int | None:
+    """The size the engine reports for a regular file in the archive's stat header, else None."""
+    try:
+        stat = json.loads(base64.b64decode(header, validate=False)) if header else None
+    except (binascii.Error, ValueError):
+        return None
+    if not isinstance(stat, dict) or not isinstance(stat.get("size"), int) or not isinstance(stat.get("mode"), int):
+        return None
+    return None if stat["mode"] & _GO_MODE_TYPE else int(stat["size"])
+
+
+async def _read_bounded(content: aiohttp.StreamReader, path: str, max_bytes: int) -> bytes:
+    """The whole body, unless it passes ``max_bytes`` plus the tar overhead: then an error, nothing more read."""
+    limit = max_bytes + ARCHIVE_OVERHEAD_BYTES
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in content.iter_chunked(1 << 16):
+        total += len(chunk)
+        if total > limit:
+            raise FileTooLargeError(path, max_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _send_stdin(stream: Stream, data: bytes) -> None:

@@ -6,12 +6,19 @@
 Routes: `/v1/*`, `/health`, `/programs*` (the scheduler's app), `/p/{program_id}/v1/*` (the same, program
 named in the URL), `/mcp` and `/p/{program_id}/mcp` (the MCP app, behind its bearer token), `/metrics` (both
 sides), `/thunder/status` (JSON, see status.py).
+
+Tokens (`ControlAuth`): `/programs*`, `/thunder/status` and `/metrics` reveal or change program state and need
+the server token; a program token reaches only `/programs/<its program>*`; the read-only metrics token only
+`GET /metrics`. `/v1/*` and `/health` need none (see docs/security.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,11 +26,13 @@ from dataclasses import dataclass
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_server import ThunderServer, build_server, create_http_app, http_lifespan
+from mcp_server import HttpConfig, ThunderServer, build_server, create_http_app, http_lifespan
 from thunder_env.backend import SandboxBackend
 from thunder_env.docker import DockerBackend
 from thunder_sched.app import create_app, get_scheduler
@@ -37,6 +46,8 @@ from .routing import PROGRAM_API_PATH, ProgramScopedApi
 from .status import StatusReport, build_status
 
 STATUS_PATH = "/thunder/status"
+METRICS_PATH = "/metrics"
+PROGRAMS_PATH = "/programs"
 
 
 @dataclass(eq=False)
@@ -103,15 +114,95 @@ def build_combined(
     app = Starlette(
         routes=[
             Route(STATUS_PATH, status, methods=["GET"]),
-            Route("/metrics", prometheus, methods=["GET"]),
+            Route(METRICS_PATH, prometheus, methods=["GET"]),
             *(Route(path, mcp_app) for path in mcp_paths),
             Route(PROGRAM_API_PATH, ProgramScopedApi(sched_app)),
             Mount("/", app=sched_app),
         ],
+        middleware=[Middleware(ControlAuth, http=config.http)],
         lifespan=lifespan,
     )
     combined = CombinedServer(config, scheduler, manager, registry, mcp, link, app, time.monotonic())
     return combined
+
+
+class ControlAuth:
+    """The bearer token on every route that reveals or changes program state.
+
+    `/programs` and `/programs/*` (list, inspect, release, events), `/thunder/status` and `/metrics`:
+    401 without a valid token, 403 when the token does not reach the route. The server token reaches all;
+    a program token only `/programs/<its program>` and below; the metrics token only `GET /metrics`.
+    Other routes pass untouched (the MCP endpoints check tokens themselves). Paths are the decoded ones the
+    router matches, so no spelling of a guarded route gets past.
+    """
+
+    def __init__(self, app: ASGIApp, http: HttpConfig) -> None:
+        self.app = app
+        self._tokens: list[tuple[bytes, str]] = [(_digest(http.token), "server")]
+        self._tokens += [(_digest(token), "program:" + program) for token, program in http.program_tokens.items()]
+        if http.metrics_token is not None:
+            self._tokens.append((_digest(http.metrics_token), "metrics"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = _guarded_route(scope.get("path", "")) if scope["type"] == "http" else None
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        role = self._role(headers.get("authorization", ""))
+        if role is None:
+            await _deny(
+                send, 401, "unauthorized",
+                f"{scope.get('path')} needs the server's bearer token: send 'Authorization: Bearer <token>' "
+                "(thunder status: --token or THUNDER_TOKEN)",
+            )  # fmt: skip
+            return
+        kind, program = route
+        allowed = (
+            role == "server"
+            or (role == "metrics" and kind == "metrics" and scope.get("method") in ("GET", "HEAD"))
+            or (kind == "programs" and program is not None and role == "program:" + program)
+        )
+        if not allowed:
+            await _deny(send, 403, "forbidden", f"this token does not reach {scope.get('path')}")
+            return
+        await self.app(scope, receive, send)
+
+    def _role(self, authorization: str) -> str | None:
+        scheme, _, presented = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            return None
+        digest = _digest(presented.strip())
+        found = None
+        for expected, role in self._tokens:  # no early exit: time does not depend on which token matched
+            if hmac.compare_digest(digest, expected):
+                found = role
+        return found
+
+
+def _guarded_route(path: str) -> tuple[str, str | None] | None:
+    """("metrics" | "status" | "programs", the program a /programs/<id> path names) or None: not guarded."""
+    if path.rstrip("/") == METRICS_PATH:
+        return "metrics", None
+    if path == STATUS_PATH or path.startswith(STATUS_PATH + "/"):
+        return "status", None
+    if path == PROGRAMS_PATH or path.startswith(PROGRAMS_PATH + "/"):
+        program = path[len(PROGRAMS_PATH) + 1 :].split("/", 1)[0]
+        return "programs", program or None
+    return None
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+async def _deny(send: Send, status: int, error: str, message: str) -> None:
+    body = json.dumps({"error": error, "message": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="thunder"'))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 @contextlib.asynccontextmanager

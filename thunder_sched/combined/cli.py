@@ -54,7 +54,16 @@ def serve(
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port (0: any free port)")] = DEFAULT_PORT,
     token: Annotated[
-        str | None, typer.Option(envvar=TOKEN_ENV, show_envvar=True, help="MCP bearer token (default: generated)")
+        str | None,
+        typer.Option(
+            envvar=TOKEN_ENV,
+            show_envvar=True,
+            help="bearer token of /mcp, /programs, /thunder/status and /metrics (default: generated)",
+        ),
+    ] = None,
+    metrics_token: Annotated[
+        str | None,
+        typer.Option(envvar="THUNDER_METRICS_TOKEN", show_envvar=True, help="read-only bearer token of /metrics"),
     ] = None,
     namespace: Annotated[str, typer.Option(help="label namespace of the sandboxes")] = DEFAULT_NAMESPACE,
     idle_timeout: Annotated[
@@ -86,7 +95,9 @@ def serve(
                 interval_s=interval,
                 inactivity_timeout_s=idle_timeout,
             ),
-            http=HttpConfig(host=host, port=port, token=token or secrets.token_urlsafe(32)),
+            http=HttpConfig(
+                host=host, port=port, token=token or secrets.token_urlsafe(32), metrics_token=metrics_token
+            ),
             manager=ManagerConfig(namespace=namespace),
             server=ServerConfig(
                 default_image=default_image,
@@ -117,13 +128,13 @@ async def _serve(config: CombinedConfig, generated_token: bool, log_level: str) 
         err.print(f"[bold green]thunder[/] serving on {url} (sandbox namespace '{config.manager.namespace}')")
         err.print(f'  OpenAI API  {url}/v1   program id: extra_body {{"program_id": ...}} or header X-Program-Id')
         err.print(f"  MCP         {url}/mcp  per program: {url}/p/<program_id>/mcp (bearer token)")
-        err.print(f"  status      thunder status --url {url}    metrics {url}/metrics")
+        err.print(f"  status      thunder status --url {url} --token <token>    metrics {url}/metrics (token)")
         if generated_token:
             err.print(f"  generated bearer token (shown once): {http.token}")
         err.print("  Claude Code: " + claude_command(f"{url}/mcp", http.token if generated_token else "<token>"))
         if http.host not in ("127.0.0.1", "localhost", "::1"):
             err.print(
-                f"[yellow]  bound to {http.host}: /v1, /programs and /thunder/status need no token; "
+                f"[yellow]  bound to {http.host}: /v1 and /health need no token; "
                 "keep the port behind a firewall or a proxy that authenticates[/]"
             )
         unhealthy = [b.url for b in combined.scheduler.backends.backends.values() if not b.healthy]
@@ -144,10 +155,21 @@ def status(
     url: Annotated[str, typer.Option(envvar="THUNDER_URL", help="the server's base URL")] = DEFAULT_URL,
     as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON document")] = False,
     disk: Annotated[bool, typer.Option(help="measure disk use per program (walks the engine's layers)")] = True,
+    token: Annotated[
+        str | None, typer.Option(envvar=TOKEN_ENV, show_envvar=True, help="the server's bearer token")
+    ] = None,
 ) -> None:
     """Show the programs of a running `thunder serve`: phase, status, tokens, backend, sandboxes, disk."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.get(f"{url.rstrip('/')}/thunder/status", params={"disk": int(disk)}, timeout=30.0)
+        response = httpx.get(
+            f"{url.rstrip('/')}/thunder/status", params={"disk": int(disk)}, headers=headers, timeout=30.0
+        )
+        if response.status_code in (401, 403):
+            raise _fail(
+                f"{url} refused the status ({response.status_code}): pass the server's token with --token "
+                "or THUNDER_TOKEN"
+            )
         response.raise_for_status()
     except httpx.HTTPError as exc:
         raise _fail(f"cannot read the status of {url}: {exc} (is `thunder serve` running there?)") from None

@@ -88,9 +88,11 @@ class DemoReport(BaseModel):
     errors: list[str]
 
 
-async def fetch_status(client: httpx.AsyncClient, *, disk: bool = False) -> StatusReport:
+async def fetch_status(client: httpx.AsyncClient, *, disk: bool = False, token: str | None = None) -> StatusReport:
+    # The token goes with this request only: the client's /v1 requests forward Authorization to vLLM.
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
-        response = await client.get(STATUS_PATH, params={"disk": "1" if disk else "0"})
+        response = await client.get(STATUS_PATH, params={"disk": "1" if disk else "0"}, headers=headers)
         response.raise_for_status()
     except httpx.HTTPError as exc:
         raise StatusUnavailableError(f"cannot read {client.base_url}{STATUS_PATH}: {exc}") from exc
@@ -133,7 +135,7 @@ async def run_demo(
     say = say or (lambda _: None)
     timeout = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None)  # held requests wait for restores
     async with httpx.AsyncClient(base_url=server_url, timeout=timeout) as client:
-        before = await fetch_status(client)
+        before = await fetch_status(client, token=token)
         capacity = sum(b.capacity_tokens for b in before.backends if b.healthy)
         if capacity <= 0:
             raise CombinedError(f"no healthy backend with a known KV capacity behind {server_url}: see /health")
@@ -156,16 +158,16 @@ async def run_demo(
             return await program.run(on_step)
 
         results = await asyncio.gather(*(launch(p) for p in programs))
-        after = await _after_cleanup(client, {r.program_id for r in results})
+        after = await _after_cleanup(client, {r.program_id for r in results}, token)
         duration = time.monotonic() - started
     return _report(results, before, after, capacity, duration)
 
 
-async def _after_cleanup(client: httpx.AsyncClient, ids: set[str]) -> StatusReport:
+async def _after_cleanup(client: httpx.AsyncClient, ids: set[str], token: str) -> StatusReport:
     """The status once the ends have propagated to both sides (or the timeout: then what is left leaked)."""
     deadline = time.monotonic() + CLEANUP_TIMEOUT_S
     while True:
-        status = await fetch_status(client)
+        status = await fetch_status(client, token=token)
         # A demo program holding anything (a sandbox, MCP state, scheduler state) is listed: none left is done.
         if not any(p.program_id in ids for p in status.programs) or time.monotonic() > deadline:
             return status
