@@ -235,6 +235,10 @@ async def test_a_capped_client_keeps_at_most_cap_programs_in_flight() -> None:
     assert capped.max_open == 2 and result.steps == 12
     assert capped.program_ids == {None} and not capped.events  # straight to vLLM: no ids, no events
     assert all(r.ttft_s > 0 and r.latency_s >= r.ttft_s for r in result.records)
+    # A program waiting for a slot is ready all along: that wait is part of its first step's latency
+    # (as a request held by the scheduler is), so the last two programs' first steps take > 0.6 s.
+    first_steps = sorted(r.latency_s for r in result.records if r.step == 0)
+    assert first_steps[-1] > 0.5 and first_steps[0] < 0.3
 
 
 async def test_the_scheduler_client_sends_ids_and_tool_events_with_the_command() -> None:

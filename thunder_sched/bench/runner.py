@@ -153,7 +153,11 @@ class _Target:
     how: Client
 
 
-async def _step(t: _Target, pid: str, index: int, step: int, messages: list[dict[str, str]]) -> StepRecord:
+async def _step(
+    t: _Target, pid: str, index: int, step: int, messages: list[dict[str, str]], ready_at: float
+) -> StepRecord:
+    """One LLM call; latency and TTFT count from `ready_at`, when the program was ready to send it (a capped
+    client's wait for a slot is part of its first step's latency, as a held request is for the scheduler)."""
     body: dict[str, Any] = {
         "model": t.model,
         "messages": messages,
@@ -166,7 +170,7 @@ async def _step(t: _Target, pid: str, index: int, step: int, messages: list[dict
     }
     if t.how.program_ids:
         body["program_id"] = pid
-    started = time.monotonic()
+    started = ready_at
     async with t.http.stream("POST", f"{t.url}/v1/chat/completions", json=body) as resp:
         if resp.status_code != 200:
             text = (await resp.aread()).decode(errors="replace")
@@ -190,9 +194,10 @@ async def _program(
     pid = f"{t.salt}-p{spec.index}"
     messages = [{"role": "system", "content": t.system}, {"role": "user", "content": spec.task}]
     await asyncio.sleep(spec.start_delay_s)
+    ready_at = time.monotonic()
     async with slots:  # a capped client holds the slot from the first request to the last step
         for step in range(t.config.steps):
-            records.append(await _step(t, pid, spec.index, step, messages))
+            records.append(await _step(t, pid, spec.index, step, messages, ready_at))
             if step == t.config.steps - 1:
                 break
             command, duration = spec.tool_commands[step], spec.tool_durations_s[step]
@@ -201,6 +206,7 @@ async def _program(
             await asyncio.sleep(duration)  # the tool runs
             if t.how.tool_events:
                 await _event(t, pid, "tool_end", command, duration)
+            ready_at = time.monotonic()
             messages.append({"role": "user", "content": spec.tool_outputs[step]})
     if t.how.program_ids:
         (await t.http.post(f"{t.url}/programs/{pid}/release")).raise_for_status()
