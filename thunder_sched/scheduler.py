@@ -34,6 +34,7 @@ from thunder_sched.policy import (
     ProgramView,
     Status,
     decide_on,
+    restore_order,
 )
 from thunder_sched.program import Program, ProgramInfo, Usage
 from thunder_sched.tokens import CharsPerToken, Endpoint, prompt_chars, prompt_token_ids_count, tokenize_count
@@ -225,6 +226,15 @@ class Scheduler:
             self._views_cache = self.backends.views()
             self._ledger.set_blocks({b.url: b.block_size for b in self._views_cache}, self._programs.values())
         return self._views_cache
+
+    def restore_queue(self, count: int) -> list[str]:
+        """The ids of the `count` ready paused programs the policy will try to restore first, in its order
+        (one-step anonymous requests left out)."""
+        if count <= 0:
+            return []
+        views = self.views(self._clock())
+        ordered = restore_order(views, self.config.policy)
+        return [v.program_id for v in ordered if not self._programs[v.program_id].ephemeral][:count]
 
     def ledger_problems(self) -> list[str]:
         """Differences between the incremental loads and a full recount (tests; empty when consistent)."""

@@ -124,6 +124,8 @@ async def test_thunder_serve_status_and_demo_against_it_as_processes(cpu_vllm) -
     token = "e2e-token-" + secrets.token_hex(12)
     async with thunder_serve(cpu_vllm.url, namespace, token) as (url, lines):
         code, out, err = await run_cli("status", "--url", url, "--json")
+        assert code != 0 and "401" in err and "--token" in err  # program state needs the server's token
+        code, out, err = await run_cli("status", "--url", url, "--json", env={"THUNDER_TOKEN": token})
         assert code == 0, err
         status = json.loads(out)
         assert status["namespace"] == namespace and status["backends"][0]["capacity_tokens"] > 0
@@ -134,7 +136,7 @@ async def test_thunder_serve_status_and_demo_against_it_as_processes(cpu_vllm) -
         assert code == 0, err
         report = json.loads(out.strip().splitlines()[-1])  # the last line is the JSON summary
         assert report["programs_completed"] == 2 and report["steps"] == 4 and report["leaked"] == 0
-        code, out, err = await run_cli("status", "--url", url)
+        code, out, err = await run_cli("status", "--url", url, env={"THUNDER_TOKEN": token})
         assert code == 0 and "no live programs" in out and "by MCP 2" in out, out + err
     banner = "".join(lines)
     assert f"{url}/v1" in banner and f"{url}/mcp" in banner and "shutting down" in banner

@@ -173,21 +173,8 @@ class ProgramLink:
 
 
 def queue_head(scheduler: Scheduler, count: int) -> list[str]:
-    """The `count` paused programs the policy will restore first: those waiting past `max_wait_s` (oldest
-    first), then by its restore score (shortest first, aged by waiting time). Mirrors `policy._restore`'s
-    order; a divergence would only change which environment is prepared first."""
-    if count <= 0:
-        return []
-    policy = scheduler.config.policy
-    ready = [p for p in scheduler.programs() if p.status is Status.PAUSED and p.held > 0 and not p.ephemeral]
-    starving = sorted(
-        (p for p in ready if p.waiting_s >= policy.max_wait_s), key=lambda p: (-p.waiting_s, p.program_id)
-    )
-    rest = sorted(
-        (p for p in ready if p.waiting_s < policy.max_wait_s),
-        key=lambda p: (-(1.0 + policy.aging_rate * p.waiting_s) / max(p.tokens, 1), -p.waiting_s, p.program_id),
-    )
-    return [p.program_id for p in [*starving, *rest][:count]]
+    """The `count` paused programs the policy will restore first, in the policy's own order."""
+    return scheduler.restore_queue(count)
 
 
 class LinkedProgramRegistry(ProgramRegistry):
