@@ -220,6 +220,15 @@ class Ledger:
         s = self._sums.get(url)
         return s.idle_held if s is not None else 0.0
 
+    def freeable_held(self, url: str, min_residency_s: float) -> float:
+        s = self._sums.get(url)
+        if s is None:
+            return 0.0
+        since = self._now - min_residency_s
+        return sum(
+            self._contrib[pid].held for pid, p in s.idle.items() if p.activated_at is None or p.activated_at <= since
+        )
+
     def weighted(self, url: str) -> float:
         s = self._sums.get(url)
         if s is None:
@@ -262,6 +271,7 @@ class Ledger:
         for b in backends:
             for name, mine, theirs in (
                 ("idle_held", self.idle_held(b.url), ref.idle_held(b.url)),
+                ("freeable_held", self.freeable_held(b.url, 5.0), ref.freeable_held(b.url, 5.0)),
                 ("weighted", self.weighted(b.url), ref.weighted(b.url)),
                 ("held", self.held(b.url), ref.held(b.url)),
                 ("draining", self.draining_weight(b.url), ref.draining_weight(b.url)),

@@ -51,9 +51,10 @@ class PauseReason(StrEnum):
     TOOL = "tool"  # its tool is expected to outlast its cache's value; its room was given to a ready program
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ProgramView:
-    """What the policy knows of one live program."""
+    """What the policy knows of one live program. A snapshot: never changed after it is made (not frozen
+    only because a frozen dataclass costs twice as much to build, and rounds build many)."""
 
     program_id: str
     tokens: int
@@ -214,6 +215,11 @@ class PolicyState(Protocol):
         """Memory of the idle members: the most a restore could free there."""
         ...
 
+    def freeable_held(self, url: str, min_residency_s: float) -> float:
+        """Memory of the idle members active at least `min_residency_s` (an upper bound of what pausing
+        them frees now; cheap: no views)."""
+        ...
+
     def weighted(self, url: str) -> float:
         """Weighted load of the members (the thrashing check)."""
         ...
@@ -295,6 +301,10 @@ class ViewState:
         block = self._blocks.get(url, 1)
         return sum(held(p, block) for p in self._idle.get(url, []))
 
+    def freeable_held(self, url: str, min_residency_s: float) -> float:
+        block = self._blocks.get(url, 1)
+        return sum(held(p, block) for p in self._idle.get(url, []) if p.active_s >= min_residency_s)
+
     def stranded(self) -> list[ProgramView]:
         """ACTIVE programs on a backend that is not configured any more."""
         return self._stranded
@@ -338,31 +348,51 @@ class _Round:
         self._dh: dict[str, float] = {}  # change of the held load
         self._dd: dict[str, float] = {}  # change of the draining weight
         self._victims: dict[str, list[ProgramView]] = {}
+        self._freed: dict[str, float] = {}  # memory of acting members paused this round
         self._placed_prefixes: set[tuple[str, str]] = set()  # (backend, prefix) restored this round
-        self._best_room: float | None = None  # cached largest weighted room of an open backend
+        self._rooms: dict[tuple[int, int], tuple[float, str] | None] = {}  # best_room's answers this round
         self._room_valid = False
-        self._max_limit = max((self.limit(b.url) for b in self.usable), default=0.0)
+        # The state does not change during a round: its loads are read once per backend, then kept with
+        # this round's own changes applied (a round touches them thousands of times on a long queue).
+        self._limit = {url: config.lambda_max * b.capacity for url, b in self.by_url.items()}
+        self._block = {url: max(b.block_size, 1) for url, b in self.by_url.items()}
+        self._w: dict[str, float] = {}
+        self._rw: dict[str, float] = {}
+        self._h: dict[str, float] = {}
+        self._max_limit = max((self._limit[b.url] for b in self.usable), default=0.0)
 
     # ---- loads ------------------------------------------------------------------------------
 
     def limit(self, url: str) -> float:
-        return self.config.lambda_max * self.by_url[url].capacity
+        return self._limit[url]
 
     def block(self, url: str) -> int:
-        return max(self.by_url[url].block_size, 1)
+        return self._block[url]
 
     def weighted(self, url: str) -> float:
-        return self.state.weighted(url) + self._dw.get(url, 0.0)
+        w = self._w.get(url)
+        if w is None:
+            w = self._w[url] = self.state.weighted(url) + self._dw.get(url, 0.0)
+        return w
 
     def room_weighted(self, url: str) -> float:
         """Weighted load that restores are judged on: members plus draining requests."""
-        return self.weighted(url) + self.state.draining_weight(url) + self._dd.get(url, 0.0)
+        rw = self._rw.get(url)
+        if rw is None:
+            rw = self._rw[url] = self.weighted(url) + self.state.draining_weight(url) + self._dd.get(url, 0.0)
+        return rw
 
     def held(self, url: str) -> float:
-        return self.state.held(url) + self._dh.get(url, 0.0)
+        h = self._h.get(url)
+        if h is None:
+            h = self._h[url] = self.state.held(url) + self._dh.get(url, 0.0)
+        return h
 
     def _add(self, deltas: dict[str, float], url: str, value: float) -> None:
         deltas[url] = deltas.get(url, 0.0) + value
+        self._w.pop(url, None)
+        self._rw.pop(url, None)
+        self._h.pop(url, None)
         self._room_valid = False
 
     def pause(self, p: ProgramView, reason: PauseReason) -> None:
@@ -375,6 +405,7 @@ class _Round:
         self._add(self._dw, url, -w)
         if p.phase is Phase.ACTING:
             self._add(self._dh, url, -held(p, self.block(url)))
+            self._freed[url] = self._freed.get(url, 0.0) + held(p, self.block(url))
         else:  # a running request keeps its KV until it ends: it drains
             self._add(self._dd, url, w)
 
@@ -443,6 +474,10 @@ class _Round:
         self._victims[url] = out
         return out
 
+    def freeable_bound(self, url: str) -> float:
+        """At most what pausing idle members of `url` can still free (those paused this round are gone)."""
+        return max(self.state.freeable_held(url, self.config.min_residency_s) - self._freed.get(url, 0.0), 0.0)
+
     def fits(self, p: ProgramView, b: BackendView, starving: bool) -> bool:
         url = b.url
         need, limit = self.need(p, url), self.limit(url)
@@ -453,8 +488,8 @@ class _Round:
             return False
         if self.held(url) + need <= limit + _EPS:
             return True
-        if self.held(url) - self.state.idle_held(url) + need > limit + _EPS:
-            return False  # even every idle member paused would not make room
+        if self.held(url) - self.freeable_bound(url) + need > limit + _EPS:
+            return False  # even every idle member past its cooldown paused would not make room (cheap bound)
         freeable = sum(held(q, self.block(url)) for q in self.victims(url))
         return self.held(url) - freeable + need <= limit + _EPS
 
@@ -476,15 +511,19 @@ class _Round:
             and self.fits(p, prev, starving)
         ):
             return prev.url, True
+
         # The most weighted room left after placing it first (a backend already holding its shared prefix
         # charges less): the first that fits is the best, and the held check, which may list a backend's
         # idle members, runs on as few backends as possible.
-        by_room = sorted(
-            candidates,
-            key=lambda b: (self.limit(b.url) - self.room_weighted(b.url) - self.need(p, b.url), b.url),
-            reverse=True,
-        )
-        for b in by_room:
+        def left(b: BackendView) -> tuple[float, str]:
+            return (self.limit(b.url) - self.room_weighted(b.url) - self.need(p, b.url), b.url)
+
+        if not candidates:
+            return None
+        best = max(candidates, key=left)  # usually fits: no need to order the rest
+        if self.fits(p, best, starving):
+            return best.url, False
+        for b in sorted(candidates, key=left, reverse=True)[1:]:
             if self.fits(p, b, starving):
                 return b.url, False
         return None
@@ -498,19 +537,33 @@ class _Round:
         if p.prefix_key is not None:
             self._placed_prefixes.add((url, p.prefix_key))
 
-    def best_room(self, reserved: set[str]) -> float | None:
-        """The most weighted room of a backend that may still take a non-starving program (below its low
-        watermark, not reserved); None when there is none. A program needing more fits nowhere."""
+    def best_room(self, closed: set[str], blocked: set[str] | None = None) -> tuple[float, str] | None:
+        """The most room a non-starving program could get on one backend (below its low watermark, not
+        `closed` (reserved), nor `blocked` for a newcomer), counting what pausing idle members past their
+        cooldown would free, and that backend; None when none is open. A program needing more fits
+        nowhere: most of a long queue is passed in O(1)."""
         if not self._room_valid:
-            rooms = []
-            for b in self.usable:
-                w = self.room_weighted(b.url)
-                if b.url in reserved or (w >= self.config.low_watermark * b.capacity - _EPS and w > 0):
-                    continue
-                rooms.append(self.limit(b.url) - w)
-            self._best_room = max(rooms) if rooms else None
+            self._rooms.clear()
             self._room_valid = True
-        return self._best_room
+        key = (len(closed), -1 if blocked is None else len(blocked))  # the sets only grow within a round
+        if key in self._rooms:
+            return self._rooms[key]
+        best: tuple[float, str] | None = None
+        for b in self.usable:
+            url = b.url
+            w = self.room_weighted(url)
+            if url in closed or (blocked is not None and url in blocked):
+                continue
+            if w >= self.config.low_watermark * b.capacity - _EPS and w > 0:
+                continue
+            limit = self.limit(url)
+            room = limit - w
+            if limit - self.held(url) < room:  # the held load binds: add what its idle members free
+                room = min(room, limit - self.held(url) + self.freeable_bound(url))
+            if best is None or (room, url) > best:
+                best = (room, url)
+        self._rooms[key] = best
+        return best
 
     def restore(self) -> None:
         reserved: set[str] = set()  # held for a starving program: nobody else is placed there
@@ -520,14 +573,15 @@ class _Round:
                 continue
             starving = p.waiting_s >= self.config.max_wait_s
             if not starving:
-                room = self.best_room(reserved)
-                if room is None:
-                    break  # every backend is at its low watermark: nothing else can be placed this round
-                if room + _EPS < held(p) and size(p) <= self._max_limit:  # fits nowhere (cheap: most of a queue)
-                    if p.in_progress and len(blocked_for_new) < len(self.usable):
-                        target = self._most_room([b for b in self.size_eligible(p) if b.url not in reserved])
-                        if target is not None:
-                            blocked_for_new.add(target)
+                best = self.best_room(reserved, None if p.in_progress else blocked_for_new)
+                if best is None:
+                    if p.in_progress:
+                        break  # every backend is at its low watermark: nothing else can be placed this round
+                    continue  # (a newcomer: the rest may be closed to newcomers only)
+                room, roomiest = best
+                if room + _EPS < held(p) and size(p) <= self._max_limit:  # fits nowhere
+                    if p.in_progress:
+                        blocked_for_new.add(roomiest)  # it waits for the roomiest backend: no newcomer takes it
                     continue
             eligible = self.size_eligible(p)
             candidates = [
