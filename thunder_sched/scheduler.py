@@ -174,6 +174,9 @@ class Scheduler:
 
     def tick(self) -> Decisions:
         self._expire_inactive()
+        backends = self._backend_views()
+        if any(b.host_tier_tokens for b in backends):  # O(paused programs): once per interval, not per round
+            self._account_host_tiers(backends)
         self._ledger.refresh()
         return self.reschedule()
 
@@ -207,8 +210,6 @@ class Scheduler:
         now = self._clock()
         self.stats.reschedules += 1
         backends = self._backend_views()
-        if any(b.host_tier_tokens for b in backends):
-            self._account_host_tiers(backends)
         self._ledger.begin_round(backends)
         try:
             decisions = decide_on(self._ledger, self.config.policy)

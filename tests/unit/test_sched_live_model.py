@@ -153,7 +153,7 @@ async def test_host_tier_from_config_is_accounted_and_reported() -> None:
         await client.post("/v1/chat/completions", json=chat("a" * 1600, program_id="one"))  # ~407 tokens
         await client.post("/v1/chat/completions", json=chat("b" * 1200, program_id="two"))  # ~307 tokens
         await client.post("/v1/chat/completions", json=chat("a" * 3200, program_id="one"))  # two is paused
-        sched.reschedule()  # tier accounting runs with every round
+        sched.tick()  # tier accounting runs once per check interval
         two = (await client.get("/programs/two")).json()
         assert two["status"] == "paused" and two["in_host_tier"] is True
         metrics = (await client.get("/metrics")).text
