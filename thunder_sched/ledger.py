@@ -53,8 +53,11 @@ class Ledger:
         self._contrib: dict[str, _Contribution] = {}
         self._t0 = clock()
         self._ready: dict[str, Program] = {}
-        self._queue: list[tuple[tuple[int, int, float, float, str], str]] = []
-        self._queued: set[str] = set()
+        # The waiting queue in restore order; an entry is live while its sequence number is its program's
+        # latest (a program that waits again gets a new entry: the old one is skipped, dropped at a rebuild).
+        self._queue: list[tuple[tuple[int, int, float, float, str], int, str]] = []
+        self._entry: dict[str, int] = {}
+        self._seq = 0
         self._dirty: set[str] = set()
         self._backends: Sequence[BackendView] = ()
         self._now = self._t0
@@ -162,18 +165,18 @@ class Ledger:
         self._ready.pop(p.program_id, None)
 
     def _enqueue(self, p: Program, now: float) -> None:
-        if p.program_id in self._queued:  # an entry from an earlier wait is still there: refresh order
-            self._rebuild_queue(now)
-            return
-        bisect.insort(self._queue, (restore_key(p.view(now), self.config), p.program_id))
-        self._queued.add(p.program_id)
+        self._seq += 1
+        self._entry[p.program_id] = self._seq
+        bisect.insort(self._queue, (restore_key(p.view(now), self.config), self._seq, p.program_id))
 
     def _rebuild_queue(self, now: float) -> None:
         """Recompute the queue order (aging and starvation move programs over time)."""
-        entries = [(restore_key(p.view(now), self.config), pid) for pid, p in self._ready.items()]
-        entries.sort()
-        self._queue = entries
-        self._queued = set(self._ready)
+        self._queue, self._entry = [], {}
+        for p in self._ready.values():
+            self._seq += 1
+            self._entry[p.program_id] = self._seq
+            self._queue.append((restore_key(p.view(now), self.config), self._seq, p.program_id))
+        self._queue.sort()
 
     def refresh(self) -> None:
         """Periodic upkeep (every check interval): queue order, decay rebase, and every backend's check."""
@@ -251,9 +254,9 @@ class Ledger:
 
     def queue(self) -> Iterator[ProgramView]:
         now = self._now
-        for _, pid in self._queue:
+        for _, seq, pid in self._queue:
             p = self._ready.get(pid)
-            if p is not None:
+            if p is not None and self._entry.get(pid) == seq:
                 yield p.view(now)
 
     def thrash_scope(self) -> Iterable[str]:

@@ -188,15 +188,6 @@ def restore_key(p: ProgramView, config: PolicyConfig) -> tuple[int, int, float, 
     )
 
 
-def backend_loads(programs: Iterable[ProgramView], config: PolicyConfig) -> dict[str, float]:
-    """Weighted load of ACTIVE programs per backend (the left side of the thrashing check)."""
-    loads: dict[str, float] = {}
-    for p in programs:
-        if p.status is Status.ACTIVE and p.backend is not None:
-            loads[p.backend] = loads.get(p.backend, 0.0) + weight(p, config)
-    return loads
-
-
 class PolicyState(Protocol):
     """What one round reads. `ViewState` computes it from a full snapshot (the reference); the scheduler's
     ledger keeps it incrementally, so a round costs what changed, not the number of programs."""
@@ -284,9 +275,7 @@ class ViewState:
                 groups[p.prefix_key] = shared
                 self._held[p.backend] += shared
                 self._weighted[p.backend] += shared
-        self._queue = sorted(
-            (p for p in programs if p.status is Status.PAUSED and p.ready), key=lambda p: restore_key(p, config)
-        )
+        self._queue = restore_order(programs, config)
 
     def backends(self) -> Sequence[BackendView]:
         return self._backends

@@ -35,10 +35,8 @@ class _Samples:
     limit: int
     ring: deque[float] = field(default_factory=deque)
     ordered: list[float] = field(default_factory=list)
-    cache: dict[int, float] = field(default_factory=dict)  # residual by elapsed tenths, until the next sample
 
     def add(self, duration: float) -> None:
-        self.cache.clear()
         if len(self.ring) >= self.limit:
             old = self.ring.popleft()
             del self.ordered[bisect.bisect_left(self.ordered, old)]
@@ -50,15 +48,8 @@ class _Samples:
         tool already outlived all it has been seen to do: expect it to run as long again)."""
         if not self.ordered:
             return None
-        tenths = int(elapsed * 10)
-        hit = self.cache.get(tenths)
-        if hit is None:
-            t = tenths / 10
-            i = bisect.bisect_right(self.ordered, t)
-            longer = self.ordered[i:]
-            hit = sum(longer) / len(longer) - t if longer else max(t, self.ordered[-1])
-            self.cache[tenths] = hit
-        return hit
+        longer = self.ordered[bisect.bisect_right(self.ordered, elapsed) :]
+        return sum(longer) / len(longer) - elapsed if longer else max(elapsed, self.ordered[-1])
 
 
 class ToolDurationModel:
@@ -83,24 +74,16 @@ class ToolDurationModel:
         per.setdefault(key, _Samples(self._program_limit)).add(duration_s)
 
     def expected_remaining(self, program_id: str, key: str, elapsed_s: float) -> float | None:
-        """The program's own history when it has enough samples, else everyone's; None when unknown."""
-        key = self._bounded(key)
-        own = self._programs.get(program_id, {}).get(key)
-        if own is not None and len(own.ordered) >= self._min:
-            return own.residual(elapsed_s)
-        common = self._global.get(key)
-        if common is not None and len(common.ordered) >= self._min:
-            return common.residual(elapsed_s)
-        return None
+        """E[D - t | D > t] at elapsed time t; None when the tool is unknown."""
+        samples = self._samples(program_id, key)
+        return samples.residual(elapsed_s) if samples is not None else None
 
     def mark_delay(self, program_id: str, key: str, threshold_s: float) -> float | None:
         """Elapsed time at which the tool's expected remaining time first exceeds `threshold_s` (0: at once);
         None when the tool is unknown. Between samples the residual life only falls, so it first exceeds
         the threshold at 0 or just after a sample ends; past the longest sample it is the elapsed time."""
-        key = self._bounded(key)
-        own = self._programs.get(program_id, {}).get(key)
-        samples = own if own is not None and len(own.ordered) >= self._min else self._global.get(key)
-        if samples is None or len(samples.ordered) < self._min:
+        samples = self._samples(program_id, key)
+        if samples is None:
             return None
         ordered = samples.ordered
         tail = sum(ordered)
@@ -111,6 +94,15 @@ class ToolDurationModel:
             tail -= d
             at = d
         return max(threshold_s, at)
+
+    def _samples(self, program_id: str, key: str) -> _Samples | None:
+        """The program's own history when it has enough samples, else everyone's; None when too few."""
+        key = self._bounded(key)
+        own = self._programs.get(program_id, {}).get(key)
+        if own is not None and len(own.ordered) >= self._min:
+            return own
+        common = self._global.get(key)
+        return common if common is not None and len(common.ordered) >= self._min else None
 
     def _bounded(self, key: str) -> str:
         """Past max_keys distinct keys, new ones fold into their tool's base key (memory stays bounded)."""
