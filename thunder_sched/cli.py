@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="latency objective: a ready program waiting this long is served first, with room reserved and "
         "idle programs preempted for it (seconds)",
     )
+    p.add_argument(
+        "--min-running",
+        type=int,
+        default=pol["min_running"].default,
+        help="work conservation: while fewer requests run on a backend, the next ready program is restored there "
+        "even past the memory limit (0: memory admission only)",
+    )
     p.add_argument("--no-tool-aware", action="store_true", help="ignore tool events' durations (paper's policy)")
     p.add_argument(
         "--tool-pause",
@@ -80,6 +87,7 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
         cache_affinity_s=args.cache_affinity,
         tool_aware=not args.no_tool_aware,
         tool_pause_s=args.tool_pause,
+        min_running=args.min_running,
     )
     return SchedulerConfig(
         backends=tuple(args.backend),

@@ -46,6 +46,13 @@ class PolicyConfig(BaseModel):
         description="cost of restoring from a host KV tier relative to recomputing (H200: 0.039 s vs 0.60 s); "
         "scales tool_pause_s on backends with a tier",
     )
+    min_running: int = Field(
+        1,
+        ge=0,
+        description="work conservation: while fewer requests than this run on a backend and ready programs wait, "
+        "the next one is restored there even past the memory limit, as long as the running requests still fit "
+        "(idle programs' caches pay for it, never a running request); 0 turns it off",
+    )
     flap_window_s: float = Field(
         5.0, gt=0, description="a pause followed by a restore of the same program within this is counted a flap"
     )

@@ -27,6 +27,8 @@ class _Sums:
     held: float = 0.0  # members' memory plus draining requests'
     draining: float = 0.0  # weighted load of draining requests
     idle_held: float = 0.0  # memory of idle members (decaying, or a tool judged long)
+    running: int = 0  # programs with a request running there (reasoning members and draining requests)
+    running_held: float = 0.0  # their memory
     members: dict[str, Program] = field(default_factory=dict)
     idle: dict[str, Program] = field(default_factory=dict)
     prefixes: dict[str, list[int]] = field(default_factory=dict)  # shared prefix -> [users, tokens]
@@ -43,6 +45,7 @@ class _Contribution:
     idle: bool = False
     prefix_key: str | None = None
     prefix_tokens: int = 0
+    running: bool = False
 
 
 class Ledger:
@@ -88,10 +91,10 @@ class Ledger:
         own = max(p.tokens - shared, 0) + reserve
         size = float(-(-own // block) * block)
         if p.status is Status.PAUSED:  # its request still runs there: it holds memory until it ends
-            return _Contribution(url, False, 0.0, 0.0, size, size, False, *prefix)
+            return _Contribution(url, False, 0.0, 0.0, size, size, False, *prefix, running=True)
         if reasoning or not cfg.time_decay or (cfg.tool_aware and p.tool_marked is not None):
             marked = not reasoning and cfg.tool_aware and bool(p.tool_marked)
-            return _Contribution(url, True, 0.0 if marked else size, 0.0, size, 0.0, marked, *prefix)
+            return _Contribution(url, True, 0.0 if marked else size, 0.0, size, 0.0, marked, *prefix, running=reasoning)
         decaying = size * math.exp((p.acting_since - self._t0) / cfg.tau_s)
         return _Contribution(url, True, 0.0, decaying, size, 0.0, True, *prefix)
 
@@ -112,6 +115,9 @@ class Ledger:
         s.draining += sign * c.draining
         if c.idle:
             s.idle_held += sign * c.held
+        if c.running:
+            s.running += int(sign)
+            s.running_held += sign * c.held
         if c.prefix_key is not None:  # a shared prefix is held once, in full, while anyone uses it
             entry = s.prefixes.get(c.prefix_key)
             if sign > 0:
@@ -248,6 +254,10 @@ class Ledger:
         s = self._sums.get(url)
         return s.draining if s is not None else 0.0
 
+    def running(self, url: str) -> tuple[int, float]:
+        s = self._sums.get(url)
+        return (s.running, s.running_held) if s is not None else (0, 0.0)
+
     def has_prefix(self, url: str, key: str) -> bool:
         s = self._sums.get(url)
         return s is not None and key in s.prefixes
@@ -278,6 +288,8 @@ class Ledger:
                 ("weighted", self.weighted(b.url), ref.weighted(b.url)),
                 ("held", self.held(b.url), ref.held(b.url)),
                 ("draining", self.draining_weight(b.url), ref.draining_weight(b.url)),
+                ("running", self.running(b.url)[0], ref.running(b.url)[0]),
+                ("running_held", self.running(b.url)[1], ref.running(b.url)[1]),
             ):
                 if not math.isclose(mine, theirs, rel_tol=1e-6, abs_tol=1e-3):
                     problems.append(f"{b.url} {name}: ledger {mine} != recount {theirs}")

@@ -49,6 +49,11 @@ class SchedulerCollector(Collector):
         yield CounterMetricFamily("thunder_reschedules", "Policy rounds run", value=s.stats.reschedules)
         yield CounterMetricFamily("thunder_restores", "Paused programs restored", value=s.stats.restores)
         yield CounterMetricFamily("thunder_admissions", "New programs admitted", value=s.stats.admissions)
+        yield CounterMetricFamily(
+            "thunder_floor_restores",
+            "Restores and admissions past the memory limit because too few requests ran (work conservation)",
+            value=s.stats.floor_restores,
+        )
         terminated = CounterMetricFamily("thunder_programs_terminated", "Programs ended", labels=["reason"])
         for reason, count in sorted(s.stats.terminated.items()):
             terminated.add_metric([reason], count)

@@ -106,6 +106,7 @@ class Restore:
     program_id: str
     backend: str
     affinity: bool  # placed on its previous backend for its cached prefix
+    floor: bool = False  # placed past the memory limit by work conservation (too few requests running)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +224,11 @@ class PolicyState(Protocol):
         """Weighted load of the draining requests (counted against restores, not the thrashing check)."""
         ...
 
+    def running(self, url: str) -> tuple[int, float]:
+        """Programs with a request running on `url` (reasoning members and draining requests), and their
+        memory (the work-conservation floor)."""
+        ...
+
     def has_prefix(self, url: str, key: str) -> bool:
         """Whether a program on `url` (member or draining) already holds the shared prefix `key`."""
         ...
@@ -246,6 +252,7 @@ class ViewState:
         self._weighted: dict[str, float] = dict.fromkeys(self._members, 0.0)
         self._held: dict[str, float] = dict.fromkeys(self._members, 0.0)
         self._draining: dict[str, float] = dict.fromkeys(self._members, 0.0)
+        self._running: dict[str, list[float]] = {url: [0, 0.0] for url in self._members}
         self._prefixes: dict[str, dict[str, int]] = {url: {} for url in self._members}
         self._stranded: list[ProgramView] = []
         blocks = {b.url: max(b.block_size, 1) for b in backends}
@@ -264,9 +271,14 @@ class ViewState:
                 self._held[p.backend] += held(p, block)
                 if is_idle(p, config):
                     self._idle[p.backend].append(p)
+                if p.phase is Phase.REASONING:
+                    self._running[p.backend][0] += 1
+                    self._running[p.backend][1] += held(p, block)
             elif p.phase is Phase.REASONING:  # paused, its request still running there
                 self._held[p.backend] += held(p, block)
                 self._draining[p.backend] += weight(p, config, block)
+                self._running[p.backend][0] += 1
+                self._running[p.backend][1] += held(p, block)
             else:
                 continue
             groups = self._prefixes[p.backend]
@@ -307,6 +319,10 @@ class ViewState:
     def draining_weight(self, url: str) -> float:
         return self._draining.get(url, 0.0)
 
+    def running(self, url: str) -> tuple[int, float]:
+        count, memory = self._running.get(url, (0, 0.0))
+        return int(count), float(memory)
+
     def has_prefix(self, url: str, key: str) -> bool:
         return key in self._prefixes.get(url, {})
 
@@ -336,6 +352,7 @@ class _Round:
         self._dw: dict[str, float] = {}  # change of the members' weighted load
         self._dh: dict[str, float] = {}  # change of the held load
         self._dd: dict[str, float] = {}  # change of the draining weight
+        self._dr: dict[str, tuple[int, float]] = {}  # requests (and their memory) restored to run this round
         self._victims: dict[str, list[ProgramView]] = {}
         self._freed: dict[str, float] = {}  # memory of acting members paused this round
         self._placed_prefixes: set[tuple[str, str]] = set()  # (backend, prefix) restored this round
@@ -517,14 +534,50 @@ class _Round:
                 return b.url, False
         return None
 
-    def admit(self, p: ProgramView, url: str, affinity: bool) -> None:
+    def admit(self, p: ProgramView, url: str, affinity: bool, floor: bool = False) -> None:
         self.free_decayed(p, url)
         need = self.need(p, url)
         self._add(self._dw, url, need)
         self._add(self._dh, url, need)
-        self.restores.append(Restore(p.program_id, url, affinity))
+        count, memory = self._dr.get(url, (0, 0.0))
+        self._dr[url] = (count + 1, memory + need)
+        self.restores.append(Restore(p.program_id, url, affinity, floor))
         if p.prefix_key is not None:
             self._placed_prefixes.add((url, p.prefix_key))
+
+    # ---- work conservation ------------------------------------------------------------------------
+
+    def running(self, url: str) -> tuple[int, float]:
+        count, memory = self.state.running(url)
+        extra = self._dr.get(url)
+        return (count + extra[0], memory + extra[1]) if extra else (count, memory)
+
+    def floor_open(self, reserved: set[str]) -> bool:
+        """Whether some backend runs fewer requests than the floor (O(backends))."""
+        floor = self.config.min_running
+        return floor > 0 and any(b.url not in reserved and self.running(b.url)[0] < floor for b in self.usable)
+
+    def floor_place(self, p: ProgramView, reserved: set[str]) -> bool:
+        """Work conservation: restore `p` on a backend running fewer requests than the floor, past the memory
+        limit if need be, provided its request fits beside the ones running there (the engine then evicts
+        idle programs' caches, never preempts a running request; the next round pauses acting programs
+        until the held load is back under the limit). The least busy such backend, then the roomiest."""
+        best: tuple[tuple[int, float, str], str] | None = None
+        for b in self.size_eligible(p):
+            url = b.url
+            if url in reserved:
+                continue
+            count, memory = self.running(url)
+            if count >= self.config.min_running or memory + self.need(p, url) > self.limit(url) + _EPS:
+                continue
+            key = (count, self.held(url), url)
+            if best is None or key < best[0]:
+                best = (key, url)
+        if best is None:
+            return False
+        url = best[1]
+        self.admit(p, url, p.previous_backend == url, floor=True)
+        return True
 
     def best_room(self, closed: set[str], blocked: set[str] | None = None) -> tuple[float, str] | None:
         """The most room a non-starving program could get on one backend (below its low watermark, not
@@ -564,11 +617,16 @@ class _Round:
             if not starving:
                 best = self.best_room(reserved, None if p.in_progress else blocked_for_new)
                 if best is None:
+                    if self.floor_open(reserved):
+                        self.floor_place(p, reserved)
+                        continue
                     if p.in_progress:
                         break  # every backend is at its low watermark: nothing else can be placed this round
                     continue  # (a newcomer: the rest may be closed to newcomers only)
                 room, roomiest = best
                 if room + _EPS < held(p) and size(p) <= self._max_limit:  # fits nowhere
+                    if self.floor_open(reserved) and self.floor_place(p, reserved):
+                        continue
                     if p.in_progress:
                         blocked_for_new.add(roomiest)  # it waits for the roomiest backend: no newcomer takes it
                     continue
@@ -581,6 +639,8 @@ class _Round:
             placed = self.place(p, candidates, starving)
             if placed is not None:
                 self.admit(p, *placed)
+                continue
+            if not starving and self.floor_open(reserved) and self.floor_place(p, reserved):
                 continue
             target = self._most_room(candidates or eligible)
             if target is None:

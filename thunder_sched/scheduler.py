@@ -69,6 +69,7 @@ class SchedulerStats:
     tool_pauses_premature: int = 0  # paused for a tool that then ended within tool_pause_s
     tool_pauses_right: int = 0  # paused for a tool that ran on past tool_pause_s
     late_restores: int = 0  # a ready program of a paused program waited more than late_restore_s
+    floor_restores: int = 0  # restores (or admissions) past the memory limit by work conservation
     reschedules: int = 0
 
 
@@ -218,6 +219,8 @@ class Scheduler:
         for pause in decisions.pauses:
             self._pause(self._programs[pause.program_id], pause.reason, now)
         for restore in decisions.restores:
+            if restore.floor:
+                self.stats.floor_restores += 1
             self._restore(self._programs[restore.program_id], restore.backend, now)
         return decisions
 

@@ -105,7 +105,7 @@ def test_decay_frees_room_by_pausing_the_decayed_program_at_once() -> None:
     # The case: a 10k backend, A (9k, in a long tool call), B (2k, ready). B is restored as soon as
     # A's decayed weight leaves room (t >= tau * ln(9/8)), and A is paused in the same round so the pool
     # is never over-committed (A's next request waits for a restore).
-    cfg = PolicyConfig(tau_s=30.0, tool_aware=False)
+    cfg = PolicyConfig(tau_s=30.0, tool_aware=False, min_running=0)  # memory alone: no work conservation
     backend = [BackendView(A, 10_000, True)]
     early = decide([active("A", 9_000, acting_s=2.0, active_s=60), waiting("B", 2_000)], backend, cfg)
     assert not early  # 9000 * exp(-2/30) = 8418: no room yet
@@ -118,7 +118,7 @@ def test_decay_frees_room_by_pausing_the_decayed_program_at_once() -> None:
 
 
 def test_decayed_program_restored_recently_is_not_evicted_and_nothing_over_commits() -> None:
-    cfg = PolicyConfig(tau_s=10.0, tool_aware=False, min_residency_s=5.0)
+    cfg = PolicyConfig(tau_s=10.0, tool_aware=False, min_residency_s=5.0, min_running=0)
     progs = [active("idle", 800, acting_s=30.0, active_s=2.0), waiting("new", 500)]
     assert not decide(progs, [BackendView(A, 1000, True)], cfg)  # cooldown: no flapping
     progs = [active("idle", 400, acting_s=30.0), waiting("new", 500)]
@@ -330,7 +330,7 @@ def test_decode_reserve_counts_while_reasoning() -> None:
 
 
 def test_tool_aware_short_tool_keeps_its_room_and_long_tool_frees_it_at_once() -> None:
-    cfg = PolicyConfig(tau_s=30.0, tool_pause_s=8.0)
+    cfg = PolicyConfig(tau_s=30.0, tool_pause_s=8.0, min_running=0)
     backend = [BackendView(A, 10_000, True)]
     # A short tool (expected to end in 1 s) keeps A resident even after long decay time would have freed it.
     short = active("A", 9_000, acting_s=60.0, active_s=60, tool_marked=False)
@@ -369,3 +369,46 @@ def test_a_shared_prefix_is_counted_once_per_backend() -> None:
     backends = [BackendView(A, 2200, True), BackendView(B, 2200, True)]
     progs = [active("a", 1000, A, **shared), active("x", 700, B), waiting("c", 1000, **shared)]
     assert restored(decide(progs, backends, NO_DECAY)) == {"c": A}
+
+
+# ---- work conservation (min_running) ------------------------------------------------------------
+
+
+def test_an_idle_engine_takes_the_next_ready_program_past_the_memory_limit() -> None:
+    # A (900 of 1,000) is in a tool; B (300) is ready. By memory alone B waits, and the engine idles. With the
+    # floor at one running request, B runs now: A's cache pays (A is paused, its next request waits).
+    progs = [active("A", 900, acting_s=0.5, active_s=60), waiting("B", 300)]
+    backend = [BackendView(A, 1000, True)]
+    assert not decide(progs, backend, PolicyConfig(time_decay=False, min_running=0))
+    d = decide(progs, backend, PolicyConfig(time_decay=False, min_running=1))
+    assert restored(d) == {"B": A}
+    assert [r.floor for r in d.restores] == [True]
+
+
+def test_the_floor_admits_only_up_to_its_count_of_running_requests() -> None:
+    # One request already runs (R): with a floor of 1 nothing more is admitted past the limit; with 2, one is.
+    progs = [active("R", 400), active("A", 550, acting_s=0.5, active_s=60), waiting("B", 200), waiting("C", 200)]
+    backend = [BackendView(A, 1000, True)]
+    assert not decide(progs, backend, PolicyConfig(time_decay=False, min_running=1)).restores
+    d = decide(progs, backend, PolicyConfig(time_decay=False, min_running=2))
+    assert len(d.restores) == 1 and d.restores[0].floor
+
+
+def test_the_floor_never_overfills_the_pool_with_running_requests() -> None:
+    # Running requests must fit together (the engine would preempt one): R holds 700 of 1,000, B needs 400.
+    progs = [active("R", 700), waiting("B", 400)]
+    d = decide(progs, [BackendView(A, 1000, True)], PolicyConfig(time_decay=False, min_running=4))
+    assert not d.restores
+
+
+def test_the_floor_goes_to_the_least_busy_backend() -> None:
+    progs = [
+        active("R1", 300, backend=A),
+        active("X", 700, backend=A, acting_s=0.5, active_s=60),
+        active("Y", 950, backend=B, acting_s=0.5, active_s=60),
+        waiting("W", 200),
+    ]
+    two = [BackendView(A, 1000, True), BackendView(B, 1000, True)]
+    d = decide(progs, two, PolicyConfig(time_decay=False, min_running=2))
+    assert restored(d) == {"W": B}  # B runs nothing; A already runs one
+

@@ -296,6 +296,7 @@ def test_report_takes_medians_and_paired_ratios() -> None:
     assert out["hit_over_ideal"] == 0.9 and out["p99_over_direct"] == 1.5 and out["oversubscription"] == 3.6
     assert out["cap_grid"] == {"2": 15.0, "3": 12.0} and out["best_cap"] == 2
     assert out["gap_closed"] == pytest.approx((24 - 12) / (40 - 12), abs=1e-4)
+    assert out["ceiling_over_direct"] == pytest.approx(40 / 12, abs=1e-4)
     assert out["scheduler"] == {"pauses_thrashing": 6.0}
     shared = replace(_result("direct", 10.0, 1.0), programs=3, system_tokens=100)
     assert shared.unique_oversubscription == pytest.approx((3600 - 2 * 100) / 1000)

@@ -23,18 +23,22 @@ def test_flags_build_the_config() -> None:
             "0.5",
             "--env-manager-url",
             "http://127.0.0.1:9/x",
+            "--min-running",
+            "3",
         ]
     )
     cfg = config_from_args(args)
     assert cfg.backends == ("http://127.0.0.1:8000", "http://127.0.0.1:8001")
     assert cfg.policy.lambda_max == 0.9 and cfg.policy.tau_s == 12 and cfg.policy.time_decay is False
     assert cfg.interval_s == 0.5 and cfg.env_manager_url == "http://127.0.0.1:9/x"
+    assert cfg.policy.min_running == 3
     assert (args.host, args.port) == ("127.0.0.1", 8300)
 
 
 def test_defaults_have_time_decay_on_and_a_one_second_check() -> None:
     cfg = config_from_args(build_parser().parse_args(["--backend", "http://127.0.0.1:8000"]))
     assert cfg.policy.time_decay and cfg.interval_s == 1.0 and cfg.policy.lambda_max == 1.0
+    assert cfg.policy.min_running == 1  # work-conserving: an idle engine takes the next ready program
 
 
 @pytest.mark.parametrize(

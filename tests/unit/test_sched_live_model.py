@@ -119,7 +119,7 @@ async def test_a_tool_known_to_run_long_frees_its_room_at_tool_start() -> None:
 
 
 async def test_short_tools_keep_their_room_when_tool_aware() -> None:
-    cfg = PolicyConfig(time_decay=True, tau_s=0.01, tool_pause_s=5.0, min_residency_s=0.0)
+    cfg = PolicyConfig(time_decay=True, tau_s=0.01, tool_pause_s=5.0, min_residency_s=0.0, min_running=0)
     async with proxy({A: FakeVllm()}, policy=cfg) as (client, _, sched):
         for _ in range(3):
             await sched.on_tool_event(Event("tool_start", "teacher", command="ls"))

@@ -216,7 +216,7 @@ async def test_tool_events_over_http_and_in_process() -> None:
 async def test_paused_program_is_held_then_served_after_release_of_the_other() -> None:
     # 64 blocks x 16 = 1,024 tokens. "big" fills it (and, acting without decay, keeps it).
     ends: list[str] = []
-    cfg = PolicyConfig(time_decay=False)
+    cfg = PolicyConfig(time_decay=False, min_running=0)  # memory admission alone
     async with proxy({A: FakeVllm()}, ends=ends, policy=cfg) as (client, _, _):
         r = await client.post("/v1/chat/completions", json=chat("z" * 3600, program_id="big"))
         assert r.status_code == 200
@@ -236,6 +236,22 @@ async def test_paused_program_is_held_then_served_after_release_of_the_other() -
         assert (await client.get("/programs/small")).json()["status"] == "active"
         assert (await client.post("/programs/big/release")).status_code == 404
     assert ends == ["big"]
+
+
+async def test_an_idle_engine_serves_a_waiting_program_at_once_by_default() -> None:
+    # The same two programs with the default floor (one running request): "big" is acting and nothing runs,
+    # so "small" is served straight away instead of waiting for room; "big" gives up its room.
+    cfg = PolicyConfig(time_decay=False)
+    async with proxy({A: FakeVllm()}, policy=cfg) as (client, _, sched):
+        assert (await client.post("/v1/chat/completions", json=chat("z" * 3600, program_id="big"))).status_code == 200
+        r = await asyncio.wait_for(client.post("/v1/chat/completions", json=chat("w" * 800, program_id="small")), 5)
+        assert r.status_code == 200
+        assert sched.stats.floor_restores == 1
+        sched.reschedule()  # the next round brings the held load back in bounds: one of the two gives way
+        statuses = sorted([(await client.get(f"/programs/{pid}")).json()["status"] for pid in ("big", "small")])
+        assert statuses == ["active", "paused"]
+        assert "thunder_floor_restores_total 1.0" in (await client.get("/metrics")).text
+        assert sched.ledger_problems() == []
 
 
 async def test_active_acting_program_is_paused_when_another_needs_room_and_restored_later() -> None:
@@ -262,7 +278,7 @@ async def test_active_acting_program_is_paused_when_another_needs_room_and_resto
 
 
 async def test_release_fails_a_held_request_with_a_clear_error() -> None:
-    cfg = PolicyConfig(time_decay=False)
+    cfg = PolicyConfig(time_decay=False, min_running=0)
     async with proxy({A: FakeVllm()}, policy=cfg) as (client, _, _):
         await client.post("/v1/chat/completions", json=chat("z" * 3600, program_id="big"))  # 907 of 1,024
         held = asyncio.create_task(client.post("/v1/chat/completions", json=chat("w" * 800, program_id="late")))

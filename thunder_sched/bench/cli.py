@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="1s tools only, smaller pool, no ceiling (~12 min)")
     p.add_argument("--backend", default=None, help="an already running vLLM (base URL); default: start one")
     p.add_argument("--ceiling-backend", default=None, help="a running vLLM whose pool holds every program")
+    p.add_argument("--ceiling", action="store_true", help="quick runs: measure the ceiling too (full runs always do)")
     p.add_argument("--programs", type=int, default=None, help=f"default: {OVERSUBSCRIPTION}x the KV pool")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--rounds", type=int, default=MIN_ROUNDS, help="ABBA rounds of every mode (>= 3)")
@@ -57,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda-min", type=float, default=0.8, help="restore below this share of the pool")
     p.add_argument("--tau", type=float, default=15.0, help="acting-token decay constant, s")
     p.add_argument("--max-wait", type=float, default=None, help="starvation bound, s (default: the policy's)")
+    p.add_argument("--min-running", type=int, default=None, help="work-conservation floor (default: the policy's)")
     p.add_argument("--time-limit", type=float, default=900.0, help="seconds allowed per run")
     p.add_argument("--results", type=Path, default=None, help="also write every run's summary here (JSON)")
     return p
@@ -75,7 +77,9 @@ def _workload(args: argparse.Namespace) -> WorkloadConfig:
 
 
 def _policy(args: argparse.Namespace) -> PolicyConfig:
-    extra = {} if args.max_wait is None else {"max_wait_s": args.max_wait}
+    extra: dict[str, Any] = {} if args.max_wait is None else {"max_wait_s": args.max_wait}
+    if args.min_running is not None:
+        extra["min_running"] = args.min_running
     return PolicyConfig(lambda_max=args.lambda_max, lambda_min=args.lambda_min, tau_s=args.tau, **extra)
 
 
@@ -124,7 +128,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         for name in tools:
             comparisons.append(await compare(protocol, engine, name, workload.with_tools(name)))
     ceiling_pool = None
-    if not args.quick and (args.ceiling_backend or not args.backend):
+    with_ceiling = not args.quick or args.ceiling
+    if with_ceiling and (args.ceiling_backend or not args.backend):
         largest = max(r.final_context_tokens for c in comparisons for rnd in c.rounds for r in rnd.values())
         ceiling_pool = max(capacity, math.ceil(CEILING_ROOM * largest))
         async with _ceiling_server(args, ceiling_pool) as top:  # the main server is stopped: 2 cores
@@ -133,7 +138,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             ceiling_pool = top.capacity_tokens
             for c in comparisons:
                 await ceiling(protocol, top, c)
-    elif not args.quick:
+    elif with_ceiling:
         progress("no ceiling: --backend given without --ceiling-backend")
     summary: dict[str, Any] = {c.tools: block(c) for c in comparisons}
     workload_fields = {k: v for k, v in asdict(workload).items() if not k.startswith("tool_") or k == "tool_words"}

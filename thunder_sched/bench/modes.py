@@ -30,8 +30,10 @@ class Engine:
 
 def paper_policy(policy: PolicyConfig) -> PolicyConfig:
     """ThunderAgent's public default: no time decay of acting programs, no use of tool events, every
-    program's context counted whole (no shared-prefix accounting)."""
-    return policy.model_copy(update={"time_decay": False, "tool_aware": False, "shared_prefixes": False})
+    program's context counted whole (no shared-prefix accounting), no work-conservation floor."""
+    return policy.model_copy(
+        update={"time_decay": False, "tool_aware": False, "shared_prefixes": False, "min_running": 0}
+    )
 
 
 async def scheduler_counters(url: str) -> dict[str, float]:

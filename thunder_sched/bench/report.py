@@ -55,6 +55,7 @@ def block(c: Comparison) -> dict[str, Any]:
         direct = statistics.median(rnd["direct"].steps_per_min for rnd in c.rounds)
         top = statistics.median(r.steps_per_min for r in c.ceiling)
         out["gap_closed"] = _r(gap_closed(statistics.median(r.steps_per_min for r in thunder), direct, top))
+        out["ceiling_over_direct"] = _r(top / direct) if direct > 0 else None  # no scheduler's ratio can pass it
     out["scheduler"] = _summed_counters(thunder)  # summed over the rounds
     out["scheduler_paper"] = _summed_counters([rnd["paper"] for rnd in c.rounds])
     return out
