@@ -20,7 +20,7 @@ from .backend import BackendSandbox, SandboxBackend
 from .config import ManagerConfig
 from .diskusage import DiskMeter, SnapshotOwnership, account
 from .errors import InvalidSpecError, ThunderError
-from .hostcheck import check_host_reserves
+from .hostcheck import check_disk_reserve, check_host_reserves
 from .leases import Lease, LeaseTable
 from .pools import PoolSet
 from .prepare import Preparations
@@ -61,6 +61,8 @@ class ProvisioningMixin:
             self.labels,
             step_timeout_s=config.template_step_timeout_s,
             pause=config.snapshot_pause,
+            max_concurrent=config.template_build_concurrency,
+            before_build=lambda: self._check_snapshot_reserve("a template build"),
             on_built=lambda snapshot: self._disk_grew(),
         )
         self._pools = PoolSet(
@@ -124,6 +126,7 @@ class ProvisioningMixin:
         """Capture the sandbox's filesystem as a new layer on its image's layers, held by the lease's program
         until the program ends or calls ``release_snapshot``. Refused while over the disk budget."""
         sandbox = self._checked(lease)
+        self._check_snapshot_reserve("a snapshot")
         await self._collect(refuse=True)
         parents = self._snapshots.held_by(SANDBOX_HOLDER + sandbox.sandbox_id)
         async with self._tool_call(lease, sandbox, "snapshot"):
@@ -225,6 +228,10 @@ class ProvisioningMixin:
         await self._snapshots.close()
 
     # ------------------------------------------------------------------------ internals
+
+    def _check_snapshot_reserve(self, action: str) -> None:
+        reserve = self.config.snapshot_reserve_bytes
+        check_disk_reserve(self._storage_path, self.config.min_free_disk_bytes if reserve is None else reserve, action)
 
     def _check_open(self) -> None:
         if self._closed:
