@@ -303,7 +303,8 @@ def _remove_leaf(leaf: Path | str) -> None:
     while _LIBC.umount2(os.fsencode(leaf), _MNT_DETACH | _UMOUNT_NOFOLLOW) == 0:
         pass  # stacked mounts of a reused id: each goes
     code = ctypes.get_errno()
-    if code not in (errno.EINVAL, errno.ENOENT):  # EINVAL: not (any more) a mount point
+    # EINVAL: not (any more) a mount point; EPERM: not root, so nothing of ours can be mounted there.
+    if code not in (errno.EINVAL, errno.ENOENT, errno.EPERM):
         log.warning("cannot unmount the agent's tmpfs on %s: %s", leaf, os.strerror(code))
         return  # never rmtree through a mount we could not remove
     shutil.rmtree(leaf, ignore_errors=True)
