@@ -23,6 +23,13 @@ class ManagerConfig(BaseModel):
     # Refuse new sandboxes below these host reserves instead of letting the host fall over.
     min_free_disk_bytes: int = Field(default=2 << 30, ge=0)
     min_free_memory_bytes: int = Field(default=512 << 20, ge=0)
+    # Free disk a snapshot or a template build must leave on the engine's data root (None: min_free_disk_bytes).
+    snapshot_reserve_bytes: int | None = Field(default=None, ge=0)
+    # Each sandbox's writable layer (the files it writes outside its mounts). Enforced by the storage
+    # driver where it can (overlay2 on xfs with pquota), else measured every disk_check_interval_s: a
+    # sandbox past it is destroyed and its leases end with the reason. None: no limit.
+    sandbox_disk_limit_bytes: int | None = Field(default=10 << 30, ge=1 << 20)
+    disk_check_interval_s: float = Field(default=30.0, gt=0)
     port_host: str = "127.0.0.1"
     reconcile_on_start: bool = True
     # Warm pools (thunder_env.pools). Every spec acquired gets a pool sized by demand within
@@ -37,11 +44,14 @@ class ManagerConfig(BaseModel):
     prepare_ttl_s: float = Field(default=600.0, gt=0)
     # Templates: the time limit of one setup step.
     template_step_timeout_s: float = Field(default=1800.0, gt=0)
+    # Template builds running at once (each one is a container); the others wait their turn.
+    template_build_concurrency: int = Field(default=2, ge=1)
     # Freeze the sandbox while it is committed (a consistent snapshot of files being written).
     snapshot_pause: bool = True
     # Snapshots no sandbox, program or pool uses are evicted, oldest first, while the disk this
     # manager owns (its sandboxes' writable layers + its snapshots' own layers) exceeds the budget.
-    disk_budget_bytes: int | None = Field(default=None, ge=0)
+    # None: no budget (only unheld snapshots are removed).
+    disk_budget_bytes: int | None = Field(default=50 << 30, ge=0)
     # The engine's size data (/system/df) is reused for this long: it walks every writable layer.
     disk_usage_cache_s: float = Field(default=2.0, ge=0)
     # Sandboxes started at once by fork().

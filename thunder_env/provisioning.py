@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from .backend import BackendSandbox, SandboxBackend
 from .config import ManagerConfig
+from .diskguard import DiskLimitWatch, DiskOverrun
 from .diskusage import DiskMeter, SnapshotOwnership, account
 from .errors import InvalidSpecError, ThunderError
-from .hostcheck import check_host_reserves
+from .hostcheck import check_disk_reserve, check_host_reserves
 from .leases import Lease, LeaseTable
 from .pools import PoolSet
 from .prepare import Preparations
@@ -61,6 +62,8 @@ class ProvisioningMixin:
             self.labels,
             step_timeout_s=config.template_step_timeout_s,
             pause=config.snapshot_pause,
+            max_concurrent=config.template_build_concurrency,
+            before_build=lambda: self._check_snapshot_reserve("a template build"),
             on_built=lambda snapshot: self._disk_grew(),
         )
         self._pools = PoolSet(
@@ -77,6 +80,12 @@ class ProvisioningMixin:
         self._disk = DiskMeter(self.backend, config.disk_usage_cache_s, self._clock)
         self._gc_lock = asyncio.Lock()
         self._gc_tasks: set[asyncio.Task[None]] = set()
+        self._disk_limits = DiskLimitWatch(
+            lambda: self.disk_usage(max_age_s=0),
+            self._sandbox_disk_limits,
+            self._stop_over_disk,
+            config.disk_check_interval_s,
+        )
 
     # ------------------------------------------------------------- preparation and pools
 
@@ -124,6 +133,7 @@ class ProvisioningMixin:
         """Capture the sandbox's filesystem as a new layer on its image's layers, held by the lease's program
         until the program ends or calls ``release_snapshot``. Refused while over the disk budget."""
         sandbox = self._checked(lease)
+        self._check_snapshot_reserve("a snapshot")
         await self._collect(refuse=True)
         parents = self._snapshots.held_by(SANDBOX_HOLDER + sandbox.sandbox_id)
         async with self._tool_call(lease, sandbox, "snapshot"):
@@ -218,6 +228,7 @@ class ProvisioningMixin:
         await self._preparations.close()
         await self._pools.close()
         await self._templates.close()
+        await self._disk_limits.close()
         for task in self._gc_tasks:
             task.cancel()
         await asyncio.gather(*self._gc_tasks, return_exceptions=True)
@@ -225,6 +236,43 @@ class ProvisioningMixin:
         await self._snapshots.close()
 
     # ------------------------------------------------------------------------ internals
+
+    async def check_disk_limits(self) -> list[str]:
+        """Stop the sandboxes whose writable layer passed their disk limit (also done every
+        ``disk_check_interval_s`` where the storage driver does not enforce it); returns their ids."""
+        return [overrun.sandbox_id for overrun in await self._disk_limits.check()]
+
+    def _disk_limit(self, spec: SandboxSpec) -> int | None:
+        configured = self.config.sandbox_disk_limit_bytes
+        if spec.disk_bytes is None or configured is None:
+            return configured if spec.disk_bytes is None else spec.disk_bytes
+        return min(spec.disk_bytes, configured)
+
+    def _with_disk_limit(self, spec: SandboxSpec) -> SandboxSpec:
+        limit = self._disk_limit(spec)
+        return spec if limit == spec.disk_bytes else spec.model_copy(update={"disk_bytes": limit})
+
+    def _sandbox_disk_limits(self) -> dict[str, int]:
+        """Adopted sandboxes only: warm and prepared ones run no program's commands yet."""
+        limits: dict[str, int] = {}
+        for sandbox_id, sandbox in self._sandboxes.items():
+            limit = self._disk_limit(sandbox.spec)
+            if limit is not None and sandbox.state != "destroying":
+                limits[sandbox_id] = limit
+        return limits
+
+    async def _stop_over_disk(self, overrun: DiskOverrun) -> None:
+        sandbox = self._sandboxes.get(overrun.sandbox_id)
+        if sandbox is None or sandbox.state == "destroying":
+            return
+        # The reason reaches the program: every later call on its lease raises LeaseReleasedError with it.
+        for lease in self._leases.of_sandbox(overrun.sandbox_id):
+            self._leases.remove(lease, overrun.reason)
+        await self._destroy(sandbox)
+
+    def _check_snapshot_reserve(self, action: str) -> None:
+        reserve = self.config.snapshot_reserve_bytes
+        check_disk_reserve(self._storage_path, self.config.min_free_disk_bytes if reserve is None else reserve, action)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -236,7 +284,7 @@ class ProvisioningMixin:
 
     async def _start_sandbox(self, spec: SandboxSpec, label_program: str) -> BackendSandbox:
         """Start one sandbox of ``spec``, from its template's snapshot when it has setup steps."""
-        snapshot = await self._templates.ensure(spec) if spec.setup else None
+        snapshot = await self._templates.ensure(self._with_disk_limit(spec)) if spec.setup else None
         check_host_reserves(self._storage_path, self.config.min_free_disk_bytes, self.config.min_free_memory_bytes)
         sandbox_id = "sb-" + secrets.token_hex(6)
         launch = spec
@@ -249,14 +297,19 @@ class ProvisioningMixin:
     async def _create(self, sandbox_id: str, launch: SandboxSpec, label_program: str) -> BackendSandbox:
         # Shielded: a create request cut off by a cancellation still completes inside the engine, so
         # removing at once could run before the container exists. Let it answer, then remove.
+        launch = self._with_disk_limit(launch)
         creating = asyncio.ensure_future(
             self.backend.create(sandbox_id, launch, self.labels(label_program, sandbox_id))
         )
         try:
-            return await asyncio.shield(creating)
+            handle = await asyncio.shield(creating)
         except BaseException:
             await asyncio.shield(self._discard_after(creating, sandbox_id))
             raise
+        if launch.disk_bytes is not None and getattr(self.backend, "enforces_disk_limit", None) is not True:
+            if not self._closed:
+                self._disk_limits.start()  # the driver cannot limit it: measure it
+        return handle
 
     async def _discard_after(self, creating: asyncio.Future[BackendSandbox], sandbox_id: str) -> None:
         await asyncio.gather(creating, return_exceptions=True)

@@ -40,6 +40,8 @@ class SandboxSpec(BaseModel):
     cpus: float = Field(default=1.0, gt=0, le=256)
     memory_bytes: int = Field(default=1 << 30, ge=16 << 20)
     pids_limit: int = Field(default=512, ge=8)
+    # The sandbox's writable layer (None: the manager's sandbox_disk_limit_bytes; never above it).
+    disk_bytes: int | None = Field(default=None, ge=1 << 20)
     env: dict[str, str] = Field(default_factory=dict)
     workdir: str = "/workspace"
     user: str = ""

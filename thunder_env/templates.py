@@ -3,7 +3,9 @@
 A template's identity is the hash of its image and steps, plus what the steps see (env, workdir, user,
 network): the same steps under another user or env can produce another filesystem. Concurrent requests
 for one template wait on a single build; a failed build leaves nothing behind, raises the same typed
-error to every waiter, and is retried by the next request.
+error to every waiter, and is retried by the next request. A build lives only while someone waits for
+it: when its last waiter is cancelled, the build is cancelled and its container removed. At most
+``max_concurrent`` builds run at once; the others wait their turn before creating a container.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 import secrets
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from .backend import ExecRequest, SandboxBackend
 from .errors import ThunderError
@@ -46,6 +49,12 @@ class TemplateBuildError(ThunderError):
         )
 
 
+@dataclass(eq=False, slots=True)
+class _Build:
+    task: asyncio.Task[Snapshot]
+    waiters: int = 0
+
+
 def template_key(spec: SandboxSpec) -> str:
     identity = {
         "image": spec.image,
@@ -67,6 +76,8 @@ class TemplateBuilder:
         *,
         step_timeout_s: float,
         pause: bool,
+        max_concurrent: int = 2,
+        before_build: Callable[[], None] = lambda: None,
         on_built: Callable[[Snapshot], None] = lambda snapshot: None,
     ) -> None:
         self._backend = backend
@@ -75,8 +86,10 @@ class TemplateBuilder:
         self._step_timeout_s = step_timeout_s
         self._pause = pause
         self._on_built = on_built
+        self._before_build = before_build  # raises to refuse a build (a disk reserve)
         self._ready: dict[str, str] = {}  # template key -> snapshot id
-        self._building: dict[str, asyncio.Task[Snapshot]] = {}
+        self._building: dict[str, _Build] = {}
+        self._slots = asyncio.Semaphore(max_concurrent)
         self.builds = 0  # builds started (a test and an operator both want this)
 
     async def ensure(self, spec: SandboxSpec) -> Snapshot:
@@ -87,13 +100,12 @@ class TemplateBuilder:
             snapshot = self._store.find(snapshot_id) if snapshot_id else None
             if snapshot is not None:
                 return snapshot
-            task = self._building.get(key)
-            if task is None:
+            build = self._building.get(key)
+            if build is None:
                 task = asyncio.create_task(self._build(key, spec), name=f"thunder-template-{key}")
-                self._building[key] = task
+                build = self._building[key] = _Build(task)
                 task.add_done_callback(lambda t, k=key: self._build_done(k, t))
-            # Shielded: one waiter giving up must not cancel the build the others wait for.
-            snapshot = await asyncio.shield(task)
+            snapshot = await self._wait(key, build)
             if self._store.find(snapshot.snapshot_id) is not None:
                 return snapshot
         raise ThunderError(
@@ -104,20 +116,41 @@ class TemplateBuilder:
     def snapshot_id(self, spec: SandboxSpec) -> str | None:
         return self._ready.get(template_key(spec))
 
+    async def _wait(self, key: str, build: _Build) -> Snapshot:
+        """Wait for a shared build; the last waiter to give up cancels it and waits for its cleanup."""
+        build.waiters += 1
+        try:
+            # Shielded: one waiter giving up must not cancel the build the others wait for.
+            return await asyncio.shield(build.task)
+        finally:
+            build.waiters -= 1
+            if build.waiters == 0 and not build.task.done():
+                if self._building.get(key) is build:
+                    del self._building[key]  # a later request starts a fresh build, not this dying one
+                build.task.cancel()
+                log.info("template %s: build cancelled, nobody waits for it any more", key)
+                await asyncio.shield(asyncio.gather(build.task, return_exceptions=True))
+
     async def close(self) -> None:
-        tasks = list(self._building.values())
+        tasks = [build.task for build in self._building.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _build_done(self, key: str, task: asyncio.Task[Snapshot]) -> None:
-        if self._building.get(key) is task:
+        build = self._building.get(key)
+        if build is not None and build.task is task:
             del self._building[key]
         if not task.cancelled() and task.exception() is None:
             self._ready[key] = task.result().snapshot_id
             self._on_built(task.result())
 
     async def _build(self, key: str, spec: SandboxSpec) -> Snapshot:
+        async with self._slots:  # bounded: a burst of new templates must not start a burst of containers
+            return await self._build_now(key, spec)
+
+    async def _build_now(self, key: str, spec: SandboxSpec) -> Snapshot:
+        self._before_build()
         self.builds += 1
         build_id = "tb-" + secrets.token_hex(6)
         build_spec = spec.model_copy(update={"setup": (), "ports": ()})

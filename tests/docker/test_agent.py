@@ -301,3 +301,29 @@ async def test_no_host_directories_left_after_reconcile(backend: DockerBackend, 
         assert await leftovers(backend, namespace) == []
     finally:
         await manager.close()
+
+
+async def test_a_sandbox_cannot_fill_the_host_through_its_agent_directory(
+    manager: EnvManager, backend: DockerBackend
+) -> None:
+    lease = await manager.acquire("prog-fill", spec_for(BASE_IMAGE))
+    await _until_agent_answers(backend, lease.sandbox_id)
+    host = os.statvfs(backend.agent_run_dir)
+    # 200 MiB of data and 20000 files, as the sandbox's user, into the only host directory it sees.
+    fill = (
+        "dd if=/dev/zero of=/.thunder/run/big bs=1M count=200 2>/dev/null; echo dd=$?; "
+        "i=0; while [ $i -lt 20000 ] && touch /.thunder/run/f$i 2>/dev/null; do i=$((i+1)); done; echo files=$i; "
+        "du -sk /.thunder/run | cut -f1"
+    )
+    result = await manager.exec(lease, fill, timeout_s=300)
+    dd_status, files, kib = result.stdout.text.split()
+    assert dd_status != "dd=0", "200 MiB fitted in the agent directory"
+    assert int(files.removeprefix("files=")) < 64 and int(kib) <= 128, result.stdout.text
+    after = os.statvfs(backend.agent_run_dir)
+    # The host filesystem under the agent directories lost at most the noise of a shared machine.
+    assert (host.f_bavail - after.f_bavail) * host.f_frsize < 100 << 20
+    assert host.f_favail - after.f_favail < 10000
+    # The agent still serves the sandbox once the sandbox removes what it wrote.
+    with through_agent(backend, at_least=2):
+        assert (await manager.exec(lease, "rm -f /.thunder/run/big /.thunder/run/f*")).ok
+        assert (await manager.exec(lease, "echo ok")).stdout.text == "ok\n"

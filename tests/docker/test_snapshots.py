@@ -12,6 +12,7 @@ import pytest
 
 from thunder_env import EnvManager, ManagerConfig, SandboxSpec
 from thunder_env.docker import DockerBackend
+from thunder_env.hostcheck import DiskReserveError
 from thunder_env.snapshots import DiskBudgetExceededError, SnapshotNotFoundError
 
 from ._helpers import image_exists, with_setup
@@ -161,6 +162,20 @@ async def test_disk_budget_is_enforced(
     again = await manager.acquire("p", first)
     assert (await manager.exec(again, "test -s /etc/first")).ok
     assert manager.template_builds() == 3
+
+
+async def test_snapshots_and_template_builds_are_refused_below_the_disk_reserve(
+    make_manager: ManagerFactory, backend: DockerBackend, base_spec: SandboxSpec
+) -> None:
+    manager = await make_manager(snapshot_reserve_bytes=1 << 60)  # more than any disk has free
+    lease = await manager.acquire("p", base_spec)  # sandboxes keep their own reserve (min_free_disk_bytes)
+    with pytest.raises(DiskReserveError, match=r"refusing a snapshot: only \d+ MiB free under /"):
+        await manager.snapshot(lease)
+    with pytest.raises(DiskReserveError, match="refusing a template build"):
+        await manager.acquire("p", with_setup(base_spec, "touch /etc/built"))
+    assert manager.snapshots() == [] and manager.template_builds() == 0
+    assert len(await leftovers(backend, manager.config.namespace)) == 1  # the one sandbox, no image
+    assert (await manager.exec(lease, "true")).ok
 
 
 CRASHER = """

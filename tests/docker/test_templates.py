@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 import pytest
 
@@ -10,7 +11,7 @@ from thunder_env import EnvManager, SandboxSpec
 from thunder_env.docker import DockerBackend
 from thunder_env.templates import TemplateBuildError
 
-from ._helpers import image_exists, with_setup
+from ._helpers import containers_labelled, eventually, image_exists, with_setup
 from .conftest import ManagerFactory, leftovers
 
 
@@ -78,3 +79,46 @@ async def test_template_snapshot_goes_with_the_manager(
     assert await image_exists(backend, template.image_id)
     await manager.close()
     assert not await image_exists(backend, template.image_id)
+
+
+async def test_cancelled_callers_leave_no_build_running(
+    make_manager: ManagerFactory, backend: DockerBackend, base_spec: SandboxSpec
+) -> None:
+    manager = await make_manager(template_build_concurrency=1)
+    namespace = manager.config.namespace
+
+    async def builds() -> list[str]:
+        return await containers_labelled(backend, thunder__namespace=namespace, thunder__program="template")
+
+    most = 0
+    for i in range(5):  # a create/cancel loop, each on a template of its own with a long step
+        caller = asyncio.create_task(manager.acquire(f"p{i}", with_setup(base_spec, f"sleep 60 # {i}")))
+        if i == 0:
+            await eventually(lambda: _nonempty(builds()), what="the first build's container")
+        else:
+            await asyncio.sleep(0.5)
+        most = max(most, len(await builds()))
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        most = max(most, len(await builds()))
+    assert most == 1  # the bound, and the builds did not pile up
+    assert await builds() == []  # each build went with its last caller, container and all
+    assert manager.snapshots() == []
+
+
+async def test_a_shared_build_outlives_one_cancelled_caller(manager: EnvManager, base_spec: SandboxSpec) -> None:
+    spec = with_setup(base_spec, "sleep 2", "echo built > /etc/built")
+    first = asyncio.create_task(manager.acquire("p1", spec))
+    second = asyncio.create_task(manager.acquire("p2", spec))
+    await asyncio.sleep(1.0)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    lease = await second  # the build it shared went on for it
+    assert (await manager.exec(lease, "cat /etc/built")).stdout.text == "built\n"
+    assert manager.template_builds() == 1
+
+
+async def _nonempty(found: Awaitable[list[str]]) -> bool:
+    return bool(await found)

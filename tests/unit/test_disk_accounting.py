@@ -79,3 +79,15 @@ async def test_meter_caches_and_shares_one_request() -> None:
     now[0] += 5.0
     assert (await meter.read()).layers_size == 3
     await meter.close()
+
+
+def test_overruns_are_the_sandboxes_past_their_own_limit() -> None:
+    from thunder_env.diskguard import find_overruns
+
+    report = account(
+        parse_system_df(RAW), namespace="ns", instance="me", sandbox_programs={}, snapshots=[], measured_at=0.0
+    )
+    # sb-1 wrote 10 (limit 10: at, not past); sb-2 wrote 20 > 15; sb-warm has no limit (not adopted).
+    overruns = find_overruns(report, {"sb-1": 10, "sb-2": 15})
+    assert [(o.sandbox_id, o.used_bytes, o.limit_bytes) for o in overruns] == [("sb-2", 20, 15)]
+    assert "over its disk limit" in overruns[0].reason

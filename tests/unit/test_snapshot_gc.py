@@ -44,3 +44,11 @@ def test_unheld_ones_count_towards_the_budget_before_cached_ones() -> None:
     assert plan.remove == ("orphan", "cached")
     plan = plan_gc(cands, 10 * MB, 6 * MB)
     assert plan.remove == ("orphan",)
+
+
+def test_there_is_a_disk_budget_by_default() -> None:
+    # Unreferenced template snapshots are evicted under it (tests/docker/test_snapshots.py shows eviction).
+    from thunder_env import ManagerConfig
+
+    budget = ManagerConfig().disk_budget_bytes
+    assert budget is not None and budget > 0

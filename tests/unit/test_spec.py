@@ -39,3 +39,8 @@ def test_resolve_path() -> None:
     assert resolve_path("/workspace", "../../..") == "/"
     with pytest.raises(InvalidSpecError):
         resolve_path("/w", "a\0b")
+
+
+def test_the_container_log_is_one_bounded_file() -> None:
+    host = container_config(SandboxSpec(image="x"), {}, log_max_bytes=2 << 20)["HostConfig"]
+    assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": str(2 << 20), "max-file": "1"}}

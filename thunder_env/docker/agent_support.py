@@ -3,7 +3,10 @@
 Each sandbox gets ``<run_dir>/<namespace>/<sandbox_id>/`` on the host, bind-mounted at /.thunder/run,
 where its agent (the read-only /.thunder/agent, the container's main process) listens on agent.sock.
 The manager reaches that socket only through the host directory, so a sandbox's agent serves that
-sandbox alone. Any trouble before a command starts falls back to the Engine API's exec with a
+sandbox alone. That directory is a tmpfs of its own (AGENT_DIR_TMPFS: a few KiB, a few inodes) that
+the manager mounts before the container starts: a sandbox can write there, never on a shared host
+filesystem such as /run. Where the manager cannot mount it (not root), the sandbox gets no agent.
+Any trouble before a command starts falls back to the Engine API's exec with a
 warning; the Engine API stays the path for other users than the sandbox's and for remote engines.
 """
 
@@ -11,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import errno
 import logging
 import os
 import re
@@ -50,6 +55,11 @@ READY_TIMEOUT_S = 5.0
 PING_TIMEOUT_S = 1.0
 # A directory without an owner file is someone's create in flight for at most this long.
 UNOWNED_GRACE_S = 60.0
+# The agent's directory holds its socket and nothing else: room for it, and little more.
+AGENT_DIR_TMPFS = "size=64k,nr_inodes=32,mode=1777"
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
+_MNT_DETACH, _UMOUNT_NOFOLLOW = 2, 8
+_LIBC = ctypes.CDLL(None, use_errno=True)
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 # Set by engine_exec_only(): this task's execs take the Engine API even where an agent runs.
@@ -267,14 +277,37 @@ def _make_run_dir(run_dir: Path, leaf: Path, owner: str) -> None:
             # Written before the directory exists, so reconcile never sees an unowned one of ours.
             (leaf.parent / (leaf.name + OWNER_SUFFIX)).write_text(owner)
             leaf.mkdir(mode=0o755)
-            # Any sandbox user may create its socket here; sticky: nobody removes another user's.
-            os.chmod(leaf, 0o1777)
+            # Its own tmpfs, sticky and open to any sandbox user (its socket); nobody removes another's.
+            try:
+                _mount_tmpfs(leaf)
+            except OSError:
+                _remove_leaf(leaf)
+                raise
             return
         except FileNotFoundError:
             if attempt == 2:  # a concurrent cleanup removed the empty namespace directory: retry
                 raise
         except FileExistsError:
-            shutil.rmtree(leaf)  # a stale directory of a reused id: start clean
+            _remove_leaf(leaf)  # a stale directory of a reused id: start clean
+
+
+def _mount_tmpfs(leaf: Path) -> None:
+    flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+    if _LIBC.mount(b"thunder-agent", os.fsencode(leaf), b"tmpfs", flags, AGENT_DIR_TMPFS.encode()) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"cannot mount the agent's tmpfs on {leaf}: {os.strerror(code)}")
+
+
+def _remove_leaf(leaf: Path | str) -> None:
+    """Unmount the sandbox's tmpfs (lazily: a dying container may still hold it) and remove the directory."""
+    while _LIBC.umount2(os.fsencode(leaf), _MNT_DETACH | _UMOUNT_NOFOLLOW) == 0:
+        pass  # stacked mounts of a reused id: each goes
+    code = ctypes.get_errno()
+    # EINVAL: not (any more) a mount point; EPERM: not root, so nothing of ours can be mounted there.
+    if code not in (errno.EINVAL, errno.ENOENT, errno.EPERM):
+        log.warning("cannot unmount the agent's tmpfs on %s: %s", leaf, os.strerror(code))
+        return  # never rmtree through a mount we could not remove
+    shutil.rmtree(leaf, ignore_errors=True)
 
 
 def _remove_sandbox_dirs(run_dir: Path, sandbox_id: str) -> None:
@@ -287,7 +320,7 @@ def _remove_sandbox_dirs(run_dir: Path, sandbox_id: str) -> None:
     for namespace in namespaces:
         leaf = os.path.join(namespace, sandbox_id)
         if os.path.lexists(leaf) or os.path.lexists(leaf + OWNER_SUFFIX):
-            shutil.rmtree(leaf, ignore_errors=True)
+            _remove_leaf(leaf)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leaf + OWNER_SUFFIX)
             with contextlib.suppress(OSError):
@@ -313,7 +346,7 @@ def _remove_orphans(namespace_dir: Path, live: set[str]) -> list[str]:
             continue
         if owner is None and time.time() - entry.stat(follow_symlinks=False).st_mtime < UNOWNED_GRACE_S:
             continue
-        shutil.rmtree(namespace_dir / name, ignore_errors=True)
+        _remove_leaf(namespace_dir / name)
         with contextlib.suppress(FileNotFoundError):
             owner_file.unlink()
         removed.append(name)

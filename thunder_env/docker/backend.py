@@ -8,7 +8,7 @@ from pathlib import Path
 import aiodocker
 
 from .execution import DockerExecution
-from .lifecycle import DockerLifecycle
+from .lifecycle import DEFAULT_LOG_MAX_BYTES, DockerLifecycle
 from .snapshots import DockerSnapshots
 
 
@@ -17,6 +17,7 @@ class DockerBackend(DockerLifecycle, DockerExecution, DockerSnapshots):
 
     ``exec_agent``: run commands through the agent inside each sandbox (a local engine only); its
     per-sandbox socket directories live under ``agent_run_dir``, its binary under ``agent_cache_dir``.
+    ``log_max_bytes``: the size of each sandbox's one container log file (the engine drops older lines).
     """
 
     def __init__(
@@ -26,10 +27,13 @@ class DockerBackend(DockerLifecycle, DockerExecution, DockerSnapshots):
         exec_agent: bool = True,
         agent_run_dir: Path | None = None,
         agent_cache_dir: Path | None = None,
+        log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
     ) -> None:
         self._docker = aiodocker.Docker(url=url)
         self._network_lock = asyncio.Lock()
         self._oom_counts: dict[str, int] = {}
+        self._log_max_bytes = log_max_bytes
+        self.enforces_disk_limit = None
         self._init_agent(exec_agent, agent_run_dir, agent_cache_dir)
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,15 +16,20 @@ from ..spec import SandboxSpec
 from .agent_support import DockerAgentSupport
 from .errors import engine_errors
 
+log = logging.getLogger(__name__)
+
 INTERNAL_NETWORK = "thunder-internal"
 CONTAINER_PREFIX = "thunder-"
+DEFAULT_LOG_MAX_BYTES = 1 << 20
 
 
 def container_name(sandbox_id: str) -> str:
     return CONTAINER_PREFIX + sandbox_id
 
 
-def container_config(spec: SandboxSpec, labels: Mapping[str, str]) -> dict[str, Any]:
+def container_config(
+    spec: SandboxSpec, labels: Mapping[str, str], *, log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+) -> dict[str, Any]:
     """The Engine API create body for a spec: hardened by default."""
     network_mode = {"none": "none", "internal": INTERNAL_NETWORK, "bridge": "bridge"}[spec.network]
     return {
@@ -45,6 +51,8 @@ def container_config(spec: SandboxSpec, labels: Mapping[str, str]) -> dict[str, 
             "SecurityOpt": ["no-new-privileges"],
             "NetworkMode": network_mode,
             "Init": True,  # reaps zombies left by agents' commands
+            # One bounded log file: writes to /proc/1/fd/1 must not fill the engine's data root.
+            "LogConfig": {"Type": "json-file", "Config": {"max-size": str(log_max_bytes), "max-file": "1"}},
         },
     }
 
@@ -52,16 +60,20 @@ def container_config(spec: SandboxSpec, labels: Mapping[str, str]) -> dict[str, 
 class DockerLifecycle(DockerAgentSupport):
     _docker: aiodocker.Docker
     _network_lock: asyncio.Lock
+    _log_max_bytes: int
+    # Whether the storage driver limits a writable layer (StorageOpt size): None until a create tells.
+    enforces_disk_limit: bool | None
 
     async def create(self, sandbox_id: str, spec: SandboxSpec, labels: Mapping[str, str]) -> BackendSandbox:
         if spec.network == "internal":
             await self._ensure_internal_network(labels)
-        config = container_config(spec, labels)
+        config = container_config(spec, labels, log_max_bytes=self._log_max_bytes)
+        if spec.disk_bytes is not None and self.enforces_disk_limit is not False:
+            config["HostConfig"]["StorageOpt"] = {"size": str(spec.disk_bytes)}
         agent = await self._prepare_agent(sandbox_id, spec, labels, config)
         name = container_name(sandbox_id)
         try:
-            async with engine_errors():
-                container = await self._docker.containers.create(config, name=name)
+            container = await self._create_container(config, name)
         except BaseException as exc:
             await asyncio.shield(self._forget_agent(sandbox_id))
             if isinstance(exc, BackendError) and exc.status == 404:
@@ -78,6 +90,25 @@ class DockerLifecycle(DockerAgentSupport):
             raise
         self._register_agent(agent)
         return BackendSandbox(sandbox_id=sandbox_id, container_id=container.id, address=_address(info))
+
+    async def _create_container(self, config: dict[str, Any], name: str) -> aiodocker.containers.DockerContainer:
+        limited = "StorageOpt" in config["HostConfig"]
+        try:
+            async with engine_errors():
+                container = await self._docker.containers.create(config, name=name)
+        except BackendError as exc:
+            if not limited or "storage-opt" not in str(exc).lower():
+                raise
+            # Detected once: from now on the manager measures writable layers instead.
+            if self.enforces_disk_limit is not False:
+                log.info("the storage driver cannot limit a sandbox's disk (%s); the manager measures it", exc)
+            self.enforces_disk_limit = False
+            del config["HostConfig"]["StorageOpt"]
+            async with engine_errors():
+                return await self._docker.containers.create(config, name=name)
+        if limited:
+            self.enforces_disk_limit = True
+        return container
 
     async def destroy(self, sandbox_id: str) -> None:
         self._detach_agent(sandbox_id)
