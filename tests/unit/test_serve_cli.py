@@ -12,14 +12,14 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from mcp_server import HttpConfig, ServerConfig
-from thunder_sched.combined.cli import app
-from thunder_sched.combined.config import CombinedConfig
-from thunder_sched.combined.demo import DemoConfig, make_plan
-from thunder_sched.combined.demo_agent import as_text, script_command, words
-from thunder_sched.combined.errors import CombinedError
-from thunder_sched.combined.render import human_bytes, render_status
-from thunder_sched.combined.status import BackendStatus, Counters, ProgramStatus, Resources, StatusReport
 from thunder_sched.config import SchedulerConfig
+from thunder_serve.cli import app
+from thunder_serve.clients.demo_agent import as_text, script_command, words
+from thunder_serve.config import CombinedConfig
+from thunder_serve.demo import DemoConfig, make_plan
+from thunder_serve.errors import CombinedError
+from thunder_serve.render import human_bytes, render_status
+from thunder_serve.status import BackendStatus, Counters, ProgramStatus, Resources, StatusReport
 
 runner = CliRunner()
 TOKEN = "do-not-echo-" + "0123456789abcdef"
