@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,18 @@ from thunder_serve.status import BackendStatus, Counters, ProgramStatus, Resourc
 
 runner = CliRunner()
 TOKEN = "do-not-echo-" + "0123456789abcdef"
+
+
+def test_the_cli_starts_without_loading_the_cpu_vllm_launcher() -> None:
+    """`thunder serve` / `status` must not import the CPU vLLM launcher (only `demo` does, in the command)."""
+    repo = Path(__file__).resolve().parents[2]
+    probe = "import sys, thunder_serve.cli; print(sorted(m for m in sys.modules if 'cpu_vllm' in m))"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+    help_text = subprocess.run(
+        [sys.executable, "-m", "thunder_serve", "serve", "--help"], cwd=repo, capture_output=True, text=True
+    )
+    assert help_text.returncode == 0 and "--backend" in help_text.stdout
 
 
 def test_serve_refuses_a_bad_configuration_without_echoing_the_token() -> None:
