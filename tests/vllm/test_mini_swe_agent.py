@@ -11,12 +11,12 @@ import secrets
 import pytest
 
 from thunder_env.events import ToolEvent
-from thunder_sched.combined.app import open_combined
-from thunder_sched.combined.demo import local_config
-from thunder_sched.combined.serve import serving
 from thunder_sched.policy import Status
+from thunder_serve.app import open_combined
+from thunder_serve.demo import local_config
+from thunder_serve.serve import serving
 
-from .test_combined_e2e import engine_leftovers, require_engine
+from .test_serve_e2e import engine_leftovers, require_engine
 
 pytestmark = pytest.mark.vllm
 
@@ -41,7 +41,7 @@ def quiet_offline_mswea(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
 
 
 async def test_a_mini_swe_agent_episode_runs_through_thunder(cpu_vllm, quiet_offline_mswea: None) -> None:
-    from thunder_sched.combined.minisweagent_adapter import run_episode
+    from thunder_serve.clients.minisweagent_adapter import run_episode
 
     await require_engine()
     namespace = "test-mswea-" + secrets.token_hex(3)

@@ -20,9 +20,9 @@ import aiodocker
 import pytest
 
 from thunder_env.docker import DockerBackend
-from thunder_sched.combined import CombinedServer
-from thunder_sched.combined.demo import DemoConfig, run_local_demo
 from thunder_sched.policy import Status
+from thunder_serve import CombinedServer
+from thunder_serve.demo import DemoConfig, run_local_demo
 
 pytestmark = pytest.mark.vllm
 

@@ -1,4 +1,7 @@
-"""Combined serving: the scheduler, the MCP server and one env manager in one process (`thunder serve`).
+"""The product above the three components: the scheduler, the MCP server and one env manager in one process.
+
+The only package that imports all of `thunder_env`, `mcp_server` and `thunder_sched` (`thunder serve`,
+`thunder status`, `thunder demo`, the program link, status rendering); agent-side code is in `clients/`.
 
 `open_combined(config)` gives a `CombinedServer` whose `app` serves `/v1`, `/mcp`, `/p/{program_id}/mcp`,
 `/metrics` and `/thunder/status`; `thunder demo` runs real agent programs against it.

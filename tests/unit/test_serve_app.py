@@ -14,16 +14,16 @@ import pytest
 
 from mcp_server import HttpConfig
 from thunder_env import ManagerConfig
-from thunder_sched.combined.app import build_combined
-from thunder_sched.combined.config import CombinedConfig
-from thunder_sched.combined.envs import CombinedEnvManager
-from thunder_sched.combined.mcp_client import connect, program_url
-from thunder_sched.combined.serve import serving
-from thunder_sched.combined.status import StatusReport
 from thunder_sched.config import SchedulerConfig
 from thunder_sched.policy import Status
+from thunder_serve.app import build_combined
+from thunder_serve.clients.mcp_client import connect, program_url
+from thunder_serve.config import CombinedConfig
+from thunder_serve.envs import CombinedEnvManager
+from thunder_serve.serve import serving
+from thunder_serve.status import StatusReport
 
-from .test_combined_link import MemoryBackend
+from .test_serve_link import MemoryBackend
 
 BACKEND = "http://fake-vllm"
 TOKEN = "unit-token-" + "0123456789abcdef"

@@ -1,7 +1,7 @@
 """The combined layer's coupling, without Docker or vLLM: a program's end on either side ends the other exactly
 once, a restore prepares the program's last environment, and the scheduler calls the restore hook only on
 restores (never on first admissions). The env manager runs on an in-memory backend (the lifecycle calls only);
-real Docker and the real CPU vLLM are in tests/vllm/test_combined_e2e.py."""
+real Docker and the real CPU vLLM are in tests/vllm/test_serve_e2e.py."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from mcp_server.errors import ProgramRetiredError
 from thunder_env import ManagerConfig, SandboxSpec
 from thunder_env.backend import BackendSandbox, EngineDiskUsage, ManagedResource
 from thunder_env.events import ToolEvent
-from thunder_sched.combined.envs import CombinedEnvManager
-from thunder_sched.combined.link import LinkedProgramRegistry, ProgramLink, queue_head
 from thunder_sched.config import PolicyConfig, SchedulerConfig
 from thunder_sched.policy import Status
 from thunder_sched.program import Usage
 from thunder_sched.scheduler import Scheduler
+from thunder_serve.envs import CombinedEnvManager
+from thunder_serve.link import LinkedProgramRegistry, ProgramLink, queue_head
 
 SPEC = SandboxSpec(image="fake/image:1")
 OTHER = SandboxSpec(image="fake/image:2")

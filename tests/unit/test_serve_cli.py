@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,17 +13,29 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from mcp_server import HttpConfig, ServerConfig
-from thunder_sched.combined.cli import app
-from thunder_sched.combined.config import CombinedConfig
-from thunder_sched.combined.demo import DemoConfig, make_plan
-from thunder_sched.combined.demo_agent import as_text, script_command, words
-from thunder_sched.combined.errors import CombinedError
-from thunder_sched.combined.render import human_bytes, render_status
-from thunder_sched.combined.status import BackendStatus, Counters, ProgramStatus, Resources, StatusReport
 from thunder_sched.config import SchedulerConfig
+from thunder_serve.cli import app
+from thunder_serve.clients.demo_agent import as_text, script_command, words
+from thunder_serve.config import CombinedConfig
+from thunder_serve.demo import DemoConfig, make_plan
+from thunder_serve.errors import CombinedError
+from thunder_serve.render import human_bytes, render_status
+from thunder_serve.status import BackendStatus, Counters, ProgramStatus, Resources, StatusReport
 
 runner = CliRunner()
 TOKEN = "do-not-echo-" + "0123456789abcdef"
+
+
+def test_the_cli_starts_without_loading_the_cpu_vllm_launcher() -> None:
+    """`thunder serve` / `status` must not import the CPU vLLM launcher (only `demo` does, in the command)."""
+    repo = Path(__file__).resolve().parents[2]
+    probe = "import sys, thunder_serve.cli; print(sorted(m for m in sys.modules if 'cpu_vllm' in m))"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+    help_text = subprocess.run(
+        [sys.executable, "-m", "thunder_serve", "serve", "--help"], cwd=repo, capture_output=True, text=True
+    )
+    assert help_text.returncode == 0 and "--backend" in help_text.stdout
 
 
 def test_serve_refuses_a_bad_configuration_without_echoing_the_token() -> None:

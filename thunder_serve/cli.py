@@ -1,7 +1,8 @@
 """`thunder`: the combined server (`serve`), its programs (`status`) and an end-to-end demo (`demo`).
 
-The only place of the combined layer that reads the environment: THUNDER_TOKEN / THUNDER_MCP_TOKEN (the MCP
-bearer token), THUNDER_URL (the server `status` and `demo --server` talk to), THUNDER_CACHE (the CPU vLLM).
+The only place of the product (`thunder_serve`) that reads the environment: THUNDER_TOKEN / THUNDER_MCP_TOKEN
+(the MCP bearer token), THUNDER_URL (the server `status` and `demo --server` talk to), THUNDER_CACHE (the CPU
+vLLM).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from mcp_server import HttpConfig, ServerConfig
 from mcp_server.cli import claude_command
 from thunder_env import ManagerConfig, ThunderError
 from thunder_sched.config import PolicyConfig, SchedulerConfig
-from thunder_sched.cpu_vllm.errors import CpuVllmError
 
 from .config import DEFAULT_NAMESPACE, DEFAULT_PORT, CombinedConfig
 from .errors import CombinedError
@@ -196,6 +196,9 @@ def demo(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "warning",
 ) -> None:
     """Run N real agent programs (LLM via /v1, tools via MCP) and print a JSON summary as the last line."""
+    # Imported here, not at module level: `serve` and `status` never load the CPU vLLM launcher.
+    from thunder_sched.cpu_vllm.errors import CpuVllmError
+
     from .demo import DemoConfig, run_demo, run_local_demo
 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")

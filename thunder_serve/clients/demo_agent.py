@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from .errors import DemoError
+from ..errors import DemoError
 from .mcp_client import ToolClient, connect, program_url
 
 VOCAB = (

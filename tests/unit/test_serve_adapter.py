@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from thunder_sched.combined.minisweagent_adapter import (
+from thunder_serve.clients.minisweagent_adapter import (
     SUBMIT_COMMAND,
     ThunderEnvironmentConfig,
     action_regex,

@@ -12,7 +12,7 @@ import contextlib
 import threading
 from typing import Any
 
-from .errors import AdapterError
+from ..errors import AdapterError
 from .mcp_client import ToolClient, connect
 
 CONNECT_TIMEOUT_S = 60.0

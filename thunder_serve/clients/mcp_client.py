@@ -13,7 +13,7 @@ import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from .errors import AdapterError
+from ..errors import AdapterError
 
 
 class ToolCallError(AdapterError):

@@ -26,8 +26,8 @@ from thunder_env import ManagerConfig, SandboxSpec
 from thunder_sched.config import SchedulerConfig
 
 from .app import STATUS_PATH, CombinedServer, open_combined
+from .clients.demo_agent import VOCAB, DemoProgram, Plan, ProgramResult
 from .config import CombinedConfig
-from .demo_agent import VOCAB, DemoProgram, Plan, ProgramResult
 from .errors import CombinedError, StatusUnavailableError
 from .serve import serving
 from .status import StatusReport
