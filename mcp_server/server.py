@@ -9,6 +9,7 @@ from mcp.server.mcpserver import MCPServer
 from thunder_env import EnvManager
 
 from .config import ServerConfig
+from .fdlimit import raise_open_files_limit
 from .programs import ProgramRegistry
 from .tools import Deps, register_all
 from .tools.sandboxes import offered_images
@@ -68,8 +69,10 @@ class ThunderServer(MCPServer[Any]):
 def build_server(
     manager: EnvManager, config: ServerConfig | None = None, *, programs: ProgramRegistry | None = None
 ) -> ThunderServer:
-    """The MCP server for ``manager``. The manager must be started; the caller closes both."""
+    """The MCP server for ``manager``. The manager must be started; the caller closes both. Raises the
+    process's soft open-files limit to its hard limit."""
     config = config or ServerConfig()
+    raise_open_files_limit()  # many programs' commands and ports each hold a descriptor
     return ThunderServer(manager, config, programs or ProgramRegistry(manager, config))
 
 
