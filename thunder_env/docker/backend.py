@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import aiodocker
 
 from .execution import DockerExecution
 from .lifecycle import DockerLifecycle
+from .networks import ProgramNetworks
 from .snapshots import DockerSnapshots
 
 
@@ -28,7 +28,7 @@ class DockerBackend(DockerLifecycle, DockerExecution, DockerSnapshots):
         agent_cache_dir: Path | None = None,
     ) -> None:
         self._docker = aiodocker.Docker(url=url)
-        self._network_lock = asyncio.Lock()
+        self._networks = ProgramNetworks(self._docker)
         self._oom_counts: dict[str, int] = {}
         self._init_agent(exec_agent, agent_run_dir, agent_cache_dir)
 
