@@ -173,6 +173,11 @@ class EnvManager(ProvisioningMixin):
         self._starting.add(done)
         try:
             yield
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._closed and task is not None and not task.cancelling():
+                raise ManagerClosedError() from None  # close() stopped the work it waited on (a build...)
+            raise
         finally:
             self._starting.discard(done)
             if not done.done():

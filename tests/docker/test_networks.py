@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import signal
-import sys
 
 from thunder_env import EnvManager, Lease, ManagerConfig, SandboxSpec
 from thunder_env.docker import DockerBackend
 from thunder_env.docker.lifecycle import container_name
 
-from ._helpers import eventually
+from ._helpers import crash_after_first_line, eventually
 from .conftest import BASE_IMAGE, leftovers
 
 SPEC = SandboxSpec(image=BASE_IMAGE, network="internal", memory_bytes=256 << 20)
@@ -105,15 +103,7 @@ asyncio.run(main())
 
 async def test_reconcile_removes_a_killed_managers_networks(backend: DockerBackend) -> None:
     namespace = "test-netcrash-" + secrets.token_hex(4)
-    holder = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", HOLDER, namespace, BASE_IMAGE, stdout=asyncio.subprocess.PIPE
-    )
-    try:
-        assert holder.stdout is not None
-        assert await asyncio.wait_for(holder.stdout.readline(), 60) == b"ready\n"
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        await holder.wait()
+    assert await crash_after_first_line(HOLDER, namespace, BASE_IMAGE) == b"ready\n"
     assert len(await _networks(backend, namespace)) == 1  # the crash left its program's network...
     async with EnvManager(backend, ManagerConfig(namespace=namespace)):  # ...the next start removes it
         assert await _networks(backend, namespace) == []

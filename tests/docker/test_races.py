@@ -17,7 +17,7 @@ import pytest
 from thunder_env import EnvManager, ManagerClosedError, ManagerConfig, SandboxSpec, ToolEvent
 from thunder_env.docker import DockerBackend
 
-from ._helpers import image_exists
+from ._helpers import eventually, image_exists, with_setup
 from .conftest import BASE_IMAGE, ManagerFactory, leftovers
 
 
@@ -142,3 +142,18 @@ async def test_cancelled_commit_leaves_no_image(
     image_id = await engine  # the engine did produce the image...
     assert not await image_exists(backend, image_id)  # ...and the cancelled snapshot removed it
     assert manager.snapshots() == []
+
+
+async def test_acquire_waiting_on_a_build_gets_a_typed_error_when_closed(
+    make_manager: ManagerFactory, base_spec: SandboxSpec
+) -> None:
+    manager = await make_manager()
+    acquiring = asyncio.create_task(manager.acquire("p", with_setup(base_spec, "sleep 120")))
+
+    async def building() -> bool:
+        return manager.template_builds() == 1
+
+    await eventually(building, what="the template build started")
+    await manager.close()  # cancels the build the acquire waits on
+    with pytest.raises(ManagerClosedError):  # not a CancelledError: the caller was not cancelled
+        await acquiring
