@@ -326,7 +326,7 @@ def _check_capacity(deps: Deps, state: ProgramState, adding: int) -> None:
 
 def _exposed_ports(deps: Deps, state: ProgramState) -> int:
     """Ports exposed on the sandboxes the program holds (a shared sandbox's count for each holder)."""
-    return sum(len(deps.manager.sandbox_info(lease).ports) for lease in state.live_leases())
+    return sum(len(info.ports) for info in deps.manager.sandboxes(state.program_id))
 
 
 async def _acquire(deps: Deps, state: ProgramState, spec: SandboxSpec) -> Lease:
