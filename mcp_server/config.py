@@ -55,7 +55,13 @@ class ServerConfig(BaseModel):
     # Per stream, head and tail kept: what reaches the model's context must stay small.
     output_limit_bytes: int = Field(default=30_000, ge=1024)
     process_buffer_bytes: int = Field(default=1 << 20, ge=1024)
+    # Commands a program may have in flight: sandbox_exec commands (waited for or in the background) and
+    # file operations; each holds a connection to the engine or the sandbox's agent.
     max_processes_per_program: int = Field(default=32, ge=1)
+    # Ports a program may have exposed across the sandboxes it holds (each is a listening socket).
+    max_ports_per_program: int = Field(default=32, ge=1)
+    # Programs alive at once on this server (each may hold sandboxes, commands and ports).
+    max_programs: int = Field(default=512, ge=1)
     file_read_default_lines: int = Field(default=2000, ge=1)
     file_read_max_bytes: int = Field(default=256 << 10, ge=1024)
     file_write_max_bytes: int = Field(default=8 << 20, ge=1024)

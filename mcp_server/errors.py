@@ -80,8 +80,44 @@ class ProgramRetiredError(ProgramEndedError):
         )
 
 
-class ProcessLimitError(ThunderError):
-    """A program has as many running background processes as it may."""
+class LimitError(ThunderError):
+    """A cap of the server is reached: the call is refused and changes nothing; it succeeds again once
+    below the cap."""
+
+
+class ProcessLimitError(LimitError):
+    """A program has as many commands (and file operations) in flight as it may."""
+
+    def __init__(self, program_id: str, running: int, limit: int) -> None:
+        self.program_id = program_id
+        self.limit = limit
+        super().__init__(
+            f"program {program_id!r} has {running} commands or file operations in flight, the most this server "
+            f"allows ({limit}); wait for some (process_output with wait_s) or stop them (process_kill), then retry"
+        )
+
+
+class PortLimitError(LimitError):
+    """A program has as many ports exposed as it may."""
+
+    def __init__(self, program_id: str, exposed: int, limit: int) -> None:
+        self.program_id = program_id
+        self.limit = limit
+        super().__init__(
+            f"program {program_id!r} has {exposed} ports exposed, the most this server allows ({limit}); "
+            "release a sandbox whose ports it no longer needs (sandbox_release), then retry"
+        )
+
+
+class ProgramLimitError(LimitError):
+    """The server runs as many programs as it may."""
+
+    def __init__(self, live: int, limit: int) -> None:
+        self.limit = limit
+        super().__init__(
+            f"this server already runs {live} programs, the most it allows ({limit}); end finished programs "
+            "(program_end) or retry once idle ones have been ended"
+        )
 
 
 class TextNotFoundError(ThunderError, LookupError):

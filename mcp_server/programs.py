@@ -12,14 +12,21 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from thunder_env import EnvManager, Lease, SandboxNotFoundError
 
 from .config import ServerConfig, check_program_id
-from .errors import AccessDeniedError, ProgramBindingError, ProgramRetiredError
+from .errors import (
+    AccessDeniedError,
+    PortLimitError,
+    ProcessLimitError,
+    ProgramBindingError,
+    ProgramLimitError,
+    ProgramRetiredError,
+)
 from .processes import ExecProcess
 
 log = logging.getLogger(__name__)
@@ -34,6 +41,10 @@ class ProgramState:
     processes: dict[str, ExecProcess] = field(default_factory=dict)
     active_calls: int = 0
     pending_creates: int = 0
+    # Commands (and file operations) in flight, whether a call waits for them or not: each holds a
+    # connection, so every one counts against the program's cap, not only the registered ones.
+    execs_in_flight: int = 0
+    pending_ports: int = 0  # port_expose calls opening a forwarder
     ended: bool = False
     # Who has made calls as this program (token identities; None: an unauthenticated transport).
     principals: set[str | None] = field(default_factory=set)
@@ -45,6 +56,42 @@ class ProgramState:
 
     def running_processes(self, sandbox_id: str | None = None) -> list[ExecProcess]:
         return [p for p in self.processes.values() if p.running and (sandbox_id is None or p.sandbox_id == sandbox_id)]
+
+    def claim_exec(self, limit: int) -> Callable[[], None]:
+        """Count one command in flight against ``limit`` (``ProcessLimitError`` past it); call the returned
+        function, once, when it ends."""
+        if self.execs_in_flight >= limit:
+            raise ProcessLimitError(self.program_id, self.execs_in_flight, limit)
+        self.execs_in_flight += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.execs_in_flight -= 1
+
+        return release
+
+    @contextlib.contextmanager
+    def exec_slot(self, limit: int) -> Iterator[None]:
+        """One command in flight for the duration of a block (see ``claim_exec``)."""
+        release = self.claim_exec(limit)
+        try:
+            yield
+        finally:
+            release()
+
+    @contextlib.asynccontextmanager
+    async def port_slot(self, exposed: int, limit: int) -> AsyncIterator[None]:
+        """Room for one more exposed port while it is being opened (``exposed``: those open now)."""
+        if exposed + self.pending_ports >= limit:
+            raise PortLimitError(self.program_id, exposed + self.pending_ports, limit)
+        self.pending_ports += 1
+        try:
+            yield
+        finally:
+            self.pending_ports -= 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +133,8 @@ class ProgramRegistry:
                 check_program_id(program_id)
             except ValueError as exc:
                 raise ProgramBindingError(str(exc)) from exc
+            if len(self._programs) >= self.config.max_programs:
+                raise ProgramLimitError(len(self._programs), self.config.max_programs)
             state = ProgramState(program_id, last_active=self._clock())
             self._programs[program_id] = state
             self._ensure_reaper()

@@ -9,6 +9,7 @@ from mcp.server.mcpserver import MCPServer
 from thunder_env import EnvManager
 
 from .config import ServerConfig
+from .fdlimit import raise_open_files_limit
 from .programs import ProgramRegistry
 from .tools import Deps, register_all
 from .tools.sandboxes import offered_images
@@ -37,6 +38,10 @@ When the whole task is finished, call program_end: it frees everything this prog
   file_edit replaces an exact, unique piece of text; read the file first.
 - sandbox_snapshot saves a sandbox's files; sandbox_fork starts copies of a snapshot.
 - port_expose makes a port of a sandbox created with network='internal' reachable from the server's machine.
+  Your program's network='internal' sandboxes reach each other (no other program's, no internet).
+- Limits per program: {config.max_processes_per_program} commands at once (sandbox_exec commands, waited for
+  or in the background, and file tool calls) and {config.max_ports_per_program} exposed ports; past them a
+  call is refused until some finish.
 - A program idle for {_duration(config.program_idle_timeout_s)} is ended and its sandboxes reclaimed."""
 
 
@@ -68,8 +73,10 @@ class ThunderServer(MCPServer[Any]):
 def build_server(
     manager: EnvManager, config: ServerConfig | None = None, *, programs: ProgramRegistry | None = None
 ) -> ThunderServer:
-    """The MCP server for ``manager``. The manager must be started; the caller closes both."""
+    """The MCP server for ``manager``. The manager must be started; the caller closes both. Raises the
+    process's soft open-files limit to its hard limit."""
     config = config or ServerConfig()
+    raise_open_files_limit()  # many programs' commands and ports each hold a descriptor
     return ThunderServer(manager, config, programs or ProgramRegistry(manager, config))
 
 

@@ -35,6 +35,13 @@ class ProgramEndedError(ThunderError):
         super().__init__(f"program {program_id!r} has ended; start a new program id to continue")
 
 
+class ManagerClosedError(ThunderError):
+    """The manager is closing or closed: it starts nothing more (a racing start is destroyed)."""
+
+    def __init__(self) -> None:
+        super().__init__("this environment manager is shutting down or closed; it starts no new sandboxes")
+
+
 class InvalidSpecError(ThunderError, ValueError):
     """A sandbox spec or an operation's argument is not acceptable."""
 

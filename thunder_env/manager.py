@@ -11,7 +11,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -22,6 +22,7 @@ from .errors import (
     FileOperationError,
     InvalidSpecError,
     LeaseReleasedError,
+    ManagerClosedError,
     PortExposeError,
     ProcessNotFoundError,
     SandboxNotFoundError,
@@ -61,6 +62,7 @@ class _Sandbox:
     last_used_at: float
     state: SandboxState = "ready"
     forwarders: dict[int, PortForwarder] = field(default_factory=dict)
+    port_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one forwarder per port, never two
     processes: dict[str, BackgroundProcess] = field(default_factory=dict)
     linger_task: asyncio.Task[None] | None = None
     gone: asyncio.Event = field(default_factory=asyncio.Event)  # set once its destroy has finished
@@ -92,6 +94,7 @@ class EnvManager(ProvisioningMixin):
         self._reaper: asyncio.Task[None] | None = None
         self._reaping: asyncio.Task[list[str]] | None = None
         self._closed = False
+        self._starting: set[asyncio.Future[None]] = set()  # acquires and forks in flight: close() waits
         self._init_provisioning()
 
     # ----------------------------------------------------------------- lifecycle of the manager
@@ -120,6 +123,9 @@ class EnvManager(ProvisioningMixin):
                 self._leases.remove(lease, "manager closed")
         await asyncio.gather(*(self._destroy(sb) for sb in list(self._sandboxes.values())), return_exceptions=True)
         await self._close_provisioning()
+        if self._starting:
+            # Acquires racing with close: each destroys what it started (see _adopt); wait for them.
+            await asyncio.wait(set(self._starting))
 
     async def __aenter__(self) -> EnvManager:
         await self.start()
@@ -151,17 +157,39 @@ class EnvManager(ProvisioningMixin):
         """A sandbox for ``program_id``: a lingering one of the same spec, the one prepared for it,
         a warm one from the spec's pool, or a new one (from the spec's template if it has setup steps)."""
         _check_program_id(program_id)
-        for sandbox in self._sandboxes.values():
-            if sandbox.state == "lingering" and sandbox.spec.key() == spec.key():
-                return self._lease(program_id, sandbox)
-        handle, origin = await self._provision(program_id, spec)
-        return await self._adopt(program_id, spec, handle, origin)
+        with self._starting_sandbox():
+            for sandbox in self._sandboxes.values():
+                if sandbox.state == "lingering" and sandbox.spec.key() == spec.key():
+                    return self._lease(program_id, sandbox)
+            handle, origin = await self._provision(program_id, spec)
+            return await self._adopt(program_id, spec, handle, origin)
+
+    @contextlib.contextmanager
+    def _starting_sandbox(self) -> Iterator[None]:
+        """An acquire or fork in flight: refused once close() began, and waited for by close()."""
+        if self._closed:
+            raise ManagerClosedError()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._starting.add(done)
+        try:
+            yield
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._closed and task is not None and not task.cancelling():
+                raise ManagerClosedError() from None  # close() stopped the work it waited on (a build...)
+            raise
+        finally:
+            self._starting.discard(done)
+            if not done.done():
+                done.set_result(None)
 
     async def _adopt(self, program_id: str, spec: SandboxSpec, handle: BackendSandbox, origin: str) -> Lease:
         now = self._clock()
         sandbox = _Sandbox(handle.sandbox_id, spec, handle, created_at=now, last_used_at=now, origin=origin)
         self._sandboxes[handle.sandbox_id] = sandbox
         try:
+            if self._closed:  # close() began while it was starting: nobody else would destroy it
+                raise ManagerClosedError()
             for port in spec.ports:
                 await self._open_port(sandbox, port)
             return self._lease(program_id, sandbox)
@@ -452,13 +480,14 @@ class EnvManager(ProvisioningMixin):
         outcome = _Outcome()
         call_id = secrets.token_hex(6)
         started = time.monotonic()
-        sandbox.busy += 1
-        await self.events.emit(
-            ToolEvent(
-                "tool_start", lease.program_id, sandbox.sandbox_id, tool, call_id, self.events.clock(), command=command
-            )
+        start = ToolEvent(
+            "tool_start", lease.program_id, sandbox.sandbox_id, tool, call_id, self.events.clock(), command=command
         )
+        sandbox.busy += 1
         try:
+            # Inside the try: a call cancelled while its start is delivered still unmarks the sandbox
+            # (else it stays busy and is never reaped), and listeners get its tool_end.
+            await self.events.emit(start)
             yield outcome
         finally:
             sandbox.busy -= 1
@@ -477,14 +506,19 @@ class EnvManager(ProvisioningMixin):
                 f"sandbox {sandbox.sandbox_id} has no network (network='{sandbox.spec.network}'); "
                 "create it with network='internal' to expose ports"
             )
-        existing = sandbox.forwarders.get(container_port)
-        if existing is not None:
-            return existing
-        forwarder = await PortForwarder.open(
-            sandbox.sandbox_id, self.config.port_host, sandbox.handle.address, container_port
-        )
-        sandbox.forwarders[container_port] = forwarder
-        return forwarder
+        # Serialized per sandbox: two concurrent exposes of one port get the same forwarder, never two.
+        async with sandbox.port_lock:
+            existing = sandbox.forwarders.get(container_port)
+            if existing is not None:
+                return existing
+            forwarder = await PortForwarder.open(
+                sandbox.sandbox_id, self.config.port_host, sandbox.handle.address, container_port
+            )
+            if sandbox.state == "destroying":  # its forwarders were closed meanwhile: this one would linger
+                await forwarder.close()
+                raise SandboxNotFoundError(sandbox.sandbox_id)
+            sandbox.forwarders[container_port] = forwarder
+            return forwarder
 
     async def _last_lease_gone(self, sandbox: _Sandbox) -> None:
         if self.config.linger_s > 0 and sandbox.state == "ready" and not self._closed:

@@ -20,7 +20,7 @@ from .backend import BackendSandbox, SandboxBackend
 from .config import ManagerConfig
 from .diskguard import DiskLimitWatch, DiskOverrun
 from .diskusage import DiskMeter, SnapshotOwnership, account
-from .errors import InvalidSpecError, ThunderError
+from .errors import InvalidSpecError, ManagerClosedError, ThunderError
 from .hostcheck import check_disk_reserve, check_host_reserves
 from .leases import Lease, LeaseTable
 from .pools import PoolSet
@@ -49,6 +49,7 @@ class ProvisioningMixin:
 
         def labels(self, program_id: str, sandbox_id: str) -> dict[str, str]: ...
         def _checked(self, lease: Lease) -> Any: ...
+        def _starting_sandbox(self) -> contextlib.AbstractContextManager[None]: ...
         async def _adopt(self, program_id: str, spec: SandboxSpec, handle: BackendSandbox, origin: str) -> Lease: ...
         async def _destroy(self, sandbox: Any) -> None: ...
         def _tool_call(self, lease: Lease, sandbox: Any, tool: str) -> contextlib.AbstractAsyncContextManager[Any]: ...
@@ -157,12 +158,13 @@ class ProvisioningMixin:
         snapshot = self._snapshots.get(snapshot_id)
         check_host_reserves(self._storage_path, self.config.min_free_disk_bytes, self.config.min_free_memory_bytes)
         guard = "fork:" + secrets.token_hex(4)  # keeps the snapshot while its forks start
-        self._snapshots.hold(snapshot_id, guard)
-        try:
-            handles = await self._start_forks(snapshot, program_id, n)
-            return await self._adopt_all(program_id, snapshot.launch_spec, handles)
-        finally:
-            await asyncio.shield(self._snapshots.release(snapshot_id, guard))
+        with self._starting_sandbox():
+            self._snapshots.hold(snapshot_id, guard)
+            try:
+                handles = await self._start_forks(snapshot, program_id, n)
+                return await self._adopt_all(program_id, snapshot.launch_spec, handles)
+            finally:
+                await asyncio.shield(self._snapshots.release(snapshot_id, guard))
 
     def snapshots(self) -> list[SnapshotInfo]:
         return [snapshot.info() for snapshot in self._snapshots.snapshots()]
@@ -276,7 +278,7 @@ class ProvisioningMixin:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ThunderError("this manager is closed: start a new EnvManager")
+            raise ManagerClosedError()
 
     async def _obtain_prepared(self, program_id: str, spec: SandboxSpec) -> BackendSandbox:
         handle = await self._pools.take(spec)

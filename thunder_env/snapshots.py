@@ -141,11 +141,14 @@ class SnapshotStore:
         labels = dict(self._labels(program_id or kind, sandbox_id))
         labels["thunder.snapshot"] = snapshot_id
         labels["thunder.snapshot-kind"] = kind
+        # Shielded: the engine finishes a commit whose request was cut off, so an image removed at once
+        # (before it exists) would appear later and stay. A cancelled caller waits for the commit's answer,
+        # then removes its image.
+        committing = asyncio.ensure_future(self._backend.commit(sandbox_id, image_ref, labels, pause))
         try:
-            image_id = await self._backend.commit(sandbox_id, image_ref, labels, pause)
+            image_id = await asyncio.shield(committing)
         except BaseException:
-            # A commit cancelled in flight may still have produced the image.
-            await asyncio.shield(self._remove_quietly(image_ref))
+            await asyncio.shield(self._remove_after(committing, image_ref))
             raise
         snapshot = Snapshot(
             snapshot_id=snapshot_id,
@@ -238,8 +241,12 @@ class SnapshotStore:
             snapshot.removing = False
             await self.remove(snapshot)
 
-    async def _remove_quietly(self, image_ref: str) -> None:
+    async def _remove_after(self, committing: asyncio.Future[str], image_ref: str) -> None:
+        """Remove what a failed or cancelled commit may have produced, once the commit has answered."""
+        await asyncio.gather(committing, return_exceptions=True)
+        image_id = committing.result() if not committing.cancelled() and committing.exception() is None else None
         try:
-            await self._backend.remove_image(image_ref)
+            if not await self._backend.remove_image(image_ref) and image_id is not None:
+                await self._backend.remove_image(image_id)
         except BackendError as exc:
             log.warning("cannot remove the image of a cancelled snapshot %s: %s", image_ref, exc)

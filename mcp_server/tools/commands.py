@@ -13,7 +13,7 @@ from pydantic import Field
 from thunder_env import ExecResult, ProcessNotFoundError
 from thunder_env.output import HeadTailBuffer, RollingBuffer
 
-from ..errors import ProcessLimitError, ProgramRetiredError
+from ..errors import ProgramRetiredError
 from ..models import ExecOutcome, ProcessOutputResult
 from ..processes import ExecProcess
 from ..programs import ProgramState
@@ -62,7 +62,7 @@ def register(server: MCPServer, deps: Deps) -> None:
             )
             check_env(env)
             lease = programs.lease(state, sandbox_id)
-            _check_process_room(deps, state)
+            release_slot = state.claim_exec(config.max_processes_per_program)  # until the command ends
             process = ExecProcess(
                 process_id="proc-" + secrets.token_hex(6),
                 sandbox_id=sandbox_id,
@@ -82,6 +82,8 @@ def register(server: MCPServer, deps: Deps) -> None:
                     tool="sandbox_exec",
                 )
             )
+            assert process.task is not None
+            process.task.add_done_callback(lambda _task: release_slot())
             if not background:
                 try:
                     finished = await _wait(process, wait_s, ctx, config.progress_interval_s)
@@ -135,15 +137,6 @@ def register(server: MCPServer, deps: Deps) -> None:
             await process.kill()
             limit = config.output_limit_bytes
             return reply(_poll(process, max(process.stdout.end - limit, 0), max(process.stderr.end - limit, 0), limit))
-
-
-def _check_process_room(deps: Deps, state: ProgramState) -> None:
-    running = len(state.running_processes())
-    if running >= deps.config.max_processes_per_program:
-        raise ProcessLimitError(
-            f"program {state.program_id} has {running} commands running, the most this server allows; "
-            "wait for some (process_output with wait_s) or stop them (process_kill)"
-        )
 
 
 def _keep(deps: Deps, state: ProgramState, process: ExecProcess) -> None:

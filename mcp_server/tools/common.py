@@ -73,13 +73,18 @@ def tool(
 
 
 @contextlib.asynccontextmanager
-async def program_call(deps: Deps, ctx: Context) -> AsyncIterator[ProgramState]:
-    """The calling program's state for the duration of one tool call; errors become ToolError."""
+async def program_call(deps: Deps, ctx: Context, *, runs_command: bool = False) -> AsyncIterator[ProgramState]:
+    """The calling program's state for the duration of one tool call; errors become ToolError.
+
+    ``runs_command``: the call runs commands in the sandbox (file tools): it counts as one command in
+    flight against the program's cap while it lasts."""
     with tool_errors():
         request = ctx.request_context.request
         program_id = program_for_call(request, deps.config.default_program_id)
         async with deps.programs.call(program_id, principal_for_call(request)) as state:
-            yield state
+            limit = deps.config.max_processes_per_program
+            with state.exec_slot(limit) if runs_command else contextlib.nullcontext():
+                yield state
 
 
 def caller_principal(ctx: Context) -> str | None:

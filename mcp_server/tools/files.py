@@ -51,7 +51,7 @@ def register(server: MCPServer, deps: Deps) -> None:
     ) -> Annotated[CallToolResult, FileReadResult]:
         """Read a text file from a sandbox, by lines. The content is returned exactly (no line numbers),
         so it can be copied into file_edit. Large files come in pieces: continue at next_offset."""
-        async with program_call(deps, ctx) as state:
+        async with program_call(deps, ctx, runs_command=True) as state:
             lease = programs.lease(state, sandbox_id)
             target = await resolve(lease, path, "file_read")
             text, binary, size = await read_text(lease, target)
@@ -101,7 +101,7 @@ def register(server: MCPServer, deps: Deps) -> None:
         ] = None,
     ) -> Annotated[CallToolResult, FileWriteResult]:
         """Create or overwrite a file in a sandbox (missing parent directories are created)."""
-        async with program_call(deps, ctx) as state:
+        async with program_call(deps, ctx, runs_command=True) as state:
             lease = programs.lease(state, sandbox_id)
             data = content.encode()
             if len(data) > config.file_write_max_bytes:
@@ -139,7 +139,7 @@ def register(server: MCPServer, deps: Deps) -> None:
     ) -> Annotated[CallToolResult, FileEditResult]:
         """Replace text in an existing file. Fails, changing nothing, if old_text is absent or (without
         replace_all) occurs more than once; then read the file and give a longer, unique old_text."""
-        async with program_call(deps, ctx) as state:
+        async with program_call(deps, ctx, runs_command=True) as state:
             lease = programs.lease(state, sandbox_id)
             if old_text == new_text:
                 raise InvalidSpecError("old_text and new_text are identical: nothing to change")
@@ -172,7 +172,7 @@ def register(server: MCPServer, deps: Deps) -> None:
         path: Annotated[str, Field(min_length=1, description="Directory, absolute or relative to the workdir")] = ".",
     ) -> Annotated[CallToolResult, FileListResult]:
         """List a directory of a sandbox: names, kinds (file, dir, symlink, other), sizes and times."""
-        async with program_call(deps, ctx) as state:
+        async with program_call(deps, ctx, runs_command=True) as state:
             lease = programs.lease(state, sandbox_id)
             target = await resolve(lease, path, "file_list")
             if target.kind is None:

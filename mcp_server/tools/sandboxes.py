@@ -14,7 +14,7 @@ from thunder_env.results import SnapshotInfo
 from thunder_env.snapshots import SNAPSHOT_REPOSITORY
 
 from ..config import ServerConfig
-from ..errors import ProgramAccessError, ProgramRetiredError, SnapshotAccessError
+from ..errors import PortLimitError, ProgramAccessError, ProgramRetiredError, SnapshotAccessError
 from ..models import (
     ForkResult,
     PortResult,
@@ -159,7 +159,11 @@ def register(server: MCPServer, deps: Deps) -> None:
         """
         async with program_call(deps, ctx) as state:
             lease = programs.lease(state, sandbox_id)
-            binding = await manager.expose_port(lease, port)
+            if any(p.container_port == port for p in manager.sandbox_info(lease).ports):
+                binding = await manager.expose_port(lease, port)  # already exposed: the same forward
+            else:
+                async with state.port_slot(_exposed_ports(deps, state), deps.config.max_ports_per_program):
+                    binding = await manager.expose_port(lease, port)
             return reply(
                 PortResult(
                     sandbox_id=sandbox_id,
@@ -320,8 +324,16 @@ def _check_capacity(deps: Deps, state: ProgramState, adding: int) -> None:
         )
 
 
+def _exposed_ports(deps: Deps, state: ProgramState) -> int:
+    """Ports exposed on the sandboxes the program holds (a shared sandbox's count for each holder)."""
+    return sum(len(info.ports) for info in deps.manager.sandboxes(state.program_id))
+
+
 async def _acquire(deps: Deps, state: ProgramState, spec: SandboxSpec) -> Lease:
     _check_capacity(deps, state, 1)
+    exposed, limit = _exposed_ports(deps, state), deps.config.max_ports_per_program
+    if spec.ports and exposed + state.pending_ports + len(spec.ports) > limit:
+        raise PortLimitError(state.program_id, exposed + state.pending_ports, limit)
     state.pending_creates += 1
     try:
         lease = await deps.manager.acquire(state.program_id, spec)
@@ -362,6 +374,15 @@ async def _adopt(deps: Deps, state: ProgramState, leases: list[Lease]) -> list[L
         releases = asyncio.gather(*(deps.manager.release(lease) for lease in leases), return_exceptions=True)
         await deps.programs.protect(releases)
         raise ProgramRetiredError(state.program_id, "it ended while its sandbox was being created")
+    # Sandboxes that expose ports (sandbox_create(ports=...), forks of one that did) count toward the
+    # program's port cap; past it they are given back and the call is refused.
+    adding = sum(len(deps.manager.sandbox_info(lease).ports) for lease in leases)
+    if adding:
+        exposed, limit = _exposed_ports(deps, state) + state.pending_ports, deps.config.max_ports_per_program
+        if exposed + adding > limit:
+            releases = asyncio.gather(*(deps.manager.release(lease) for lease in leases), return_exceptions=True)
+            await deps.programs.protect(releases)
+            raise PortLimitError(state.program_id, exposed, limit)
     for lease in leases:
         state.leases[lease.sandbox_id] = lease
     return leases

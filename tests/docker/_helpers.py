@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 from collections.abc import Awaitable, Callable
 
 import aiodocker
@@ -31,6 +33,18 @@ async def containers_labelled(backend: DockerBackend, **labels: str) -> list[str
     filters = {"label": [f"{k.replace('__', '.')}={v}" for k, v in labels.items()]}
     found = await backend.client.containers.list(all=True, filters=filters)
     return sorted(c._container["Labels"]["thunder.sandbox"] for c in found)
+
+
+async def crash_after_first_line(script: str, *args: str, timeout_s: float = 120.0) -> bytes:
+    """Run a Python ``script`` that prints a line once its work is done, then SIGKILL it (a crashed
+    manager); returns that line."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script, *args, stdout=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        return await asyncio.wait_for(proc.stdout.readline(), timeout_s)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 30.0, what: str = "") -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import signal
-import sys
 
 import pytest
 
@@ -15,7 +13,7 @@ from thunder_env.docker import DockerBackend
 from thunder_env.hostcheck import DiskReserveError
 from thunder_env.snapshots import DiskBudgetExceededError, SnapshotNotFoundError
 
-from ._helpers import image_exists, with_setup
+from ._helpers import crash_after_first_line, image_exists, with_setup
 from .conftest import BASE_IMAGE, ManagerFactory, leftovers
 
 MB = 1 << 20
@@ -202,15 +200,7 @@ asyncio.run(main())
 
 async def test_reconcile_removes_snapshots_and_warm_sandboxes_of_a_crashed_manager(backend: DockerBackend) -> None:
     namespace = "test-crash-" + secrets.token_hex(4)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", CRASHER, namespace, BASE_IMAGE, stdout=asyncio.subprocess.PIPE
-    )
-    try:
-        assert proc.stdout is not None
-        assert json.loads(await asyncio.wait_for(proc.stdout.readline(), 120)) == 2
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        await proc.wait()
+    assert json.loads(await crash_after_first_line(CRASHER, namespace, BASE_IMAGE)) == 2
     left = await leftovers(backend, namespace)
     assert sum(1 for item in left if item.startswith("image")) == 2
     assert sum(1 for item in left if item.startswith("container")) == 4  # source, fork, template one, warm

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import aiodocker
 
 from .execution import DockerExecution
 from .lifecycle import DEFAULT_LOG_MAX_BYTES, DockerLifecycle
+from .networks import ProgramNetworks
 from .snapshots import DockerSnapshots
 
 
@@ -30,7 +30,7 @@ class DockerBackend(DockerLifecycle, DockerExecution, DockerSnapshots):
         log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
     ) -> None:
         self._docker = aiodocker.Docker(url=url)
-        self._network_lock = asyncio.Lock()
+        self._networks = ProgramNetworks(self._docker)
         self._oom_counts: dict[str, int] = {}
         self._log_max_bytes = log_max_bytes
         self.enforces_disk_limit = None

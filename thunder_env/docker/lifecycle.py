@@ -8,17 +8,16 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiodocker
-from aiodocker.exceptions import DockerError
 
 from ..backend import BackendSandbox, ManagedResource
 from ..errors import BackendError, ImageNotFoundError, InvalidSpecError
 from ..spec import SandboxSpec
 from .agent_support import DockerAgentSupport
 from .errors import engine_errors
+from .networks import ProgramNetworks
 
 log = logging.getLogger(__name__)
 
-INTERNAL_NETWORK = "thunder-internal"
 CONTAINER_PREFIX = "thunder-"
 DEFAULT_LOG_MAX_BYTES = 1 << 20
 
@@ -31,7 +30,8 @@ def container_config(
     spec: SandboxSpec, labels: Mapping[str, str], *, log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
 ) -> dict[str, Any]:
     """The Engine API create body for a spec: hardened by default."""
-    network_mode = {"none": "none", "internal": INTERNAL_NETWORK, "bridge": "bridge"}[spec.network]
+    # 'internal': the sandbox's program network, set by DockerLifecycle.create (see networks.py).
+    network_mode = {"none": "none", "internal": "none", "bridge": "bridge"}[spec.network]
     return {
         "Image": spec.image,
         "Cmd": list(spec.command),
@@ -59,23 +59,28 @@ def container_config(
 
 class DockerLifecycle(DockerAgentSupport):
     _docker: aiodocker.Docker
-    _network_lock: asyncio.Lock
+    _networks: ProgramNetworks
     _log_max_bytes: int
     # Whether the storage driver limits a writable layer (StorageOpt size): None until a create tells.
     enforces_disk_limit: bool | None
 
     async def create(self, sandbox_id: str, spec: SandboxSpec, labels: Mapping[str, str]) -> BackendSandbox:
-        if spec.network == "internal":
-            await self._ensure_internal_network(labels)
         config = container_config(spec, labels, log_max_bytes=self._log_max_bytes)
         if spec.disk_bytes is not None and self.enforces_disk_limit is not False:
             config["HostConfig"]["StorageOpt"] = {"size": str(spec.disk_bytes)}
-        agent = await self._prepare_agent(sandbox_id, spec, labels, config)
+        try:
+            if spec.network == "internal":
+                config["HostConfig"]["NetworkMode"] = await self._networks.attach(sandbox_id, labels)
+            agent = await self._prepare_agent(sandbox_id, spec, labels, config)
+        except BaseException:
+            await asyncio.shield(self._networks.detach(sandbox_id))
+            raise
         name = container_name(sandbox_id)
         try:
             container = await self._create_container(config, name)
         except BaseException as exc:
             await asyncio.shield(self._forget_agent(sandbox_id))
+            await asyncio.shield(self._networks.detach(sandbox_id))
             if isinstance(exc, BackendError) and exc.status == 404:
                 raise ImageNotFoundError(spec.image) from exc
             if isinstance(exc, BackendError) and exc.status == 400:
@@ -122,6 +127,7 @@ class DockerLifecycle(DockerAgentSupport):
         finally:
             # Even when the caller gives up half-way (a cancelled reaper): the host directory goes too.
             await asyncio.shield(self._forget_agent(sandbox_id))
+        await asyncio.shield(self._networks.detach(sandbox_id))  # the container is gone: its network may go
 
     async def is_running(self, sandbox_id: str) -> bool:
         try:
@@ -142,6 +148,8 @@ class DockerLifecycle(DockerAgentSupport):
             ManagedResource("container", c.id, c._container.get("Labels") or {}) for c in containers
         ]
         found += [ManagedResource("image", i["Id"], i.get("Labels") or {}) for i in images]
+        networks = await self._networks.list_managed(filters)
+        found += [ManagedResource("network", n["Id"], n.get("Labels") or {}) for n in networks]
         return found
 
     async def remove_managed(self, resource: ManagedResource) -> None:
@@ -151,6 +159,8 @@ class DockerLifecycle(DockerAgentSupport):
                     await self._docker.containers.container(resource.resource_id).delete(force=True, v=True)
                 elif resource.kind == "image":
                     await self._docker.images.delete(resource.resource_id, force=True)
+                elif resource.kind == "network":
+                    await self._networks.remove(resource.resource_id)
         except BackendError as exc:
             if exc.status != 404:
                 raise
@@ -160,25 +170,11 @@ class DockerLifecycle(DockerAgentSupport):
             info = await self._docker.system.info()
         return info.get("DockerRootDir")
 
-    async def _ensure_internal_network(self, labels: Mapping[str, str]) -> None:
-        # One shared network with no route out: sandboxes reach nothing, the host reaches them.
-        async with self._network_lock:
-            try:
-                await self._docker.networks.get(INTERNAL_NETWORK)
-                return
-            except DockerError as exc:
-                if exc.status != 404:
-                    raise BackendError(f"cannot inspect network {INTERNAL_NETWORK}: {exc}", exc.status) from exc
-            async with engine_errors():
-                await self._docker.networks.create(
-                    {"Name": INTERNAL_NETWORK, "Internal": True, "Labels": {"thunder.managed": "1"}}
-                )
-
 
 def _address(info: Mapping[str, Any]) -> str | None:
     networks = (info.get("NetworkSettings") or {}).get("Networks") or {}
-    for name in (INTERNAL_NETWORK, "bridge"):
-        address = (networks.get(name) or {}).get("IPAddress")
+    for network in networks.values():  # one at most: its program's network, or the bridge
+        address = (network or {}).get("IPAddress")
         if address:
             return str(address)
     return None
