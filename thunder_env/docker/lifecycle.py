@@ -108,7 +108,8 @@ class DockerLifecycle(DockerAgentSupport):
             containers = await self._docker.containers.list(all=True, filters=filters)
             images = await self._docker.images.list(filters=filters)
         found = [
-            ManagedResource("container", c.id, c._container.get("Labels") or {}) for c in containers
+            ManagedResource("container", c.id, c._container.get("Labels") or {}, c._container.get("State"))
+            for c in containers
         ]
         found += [ManagedResource("image", i["Id"], i.get("Labels") or {}) for i in images]
         return found
