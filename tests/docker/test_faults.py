@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import psutil
 import pytest
 
-from thunder_env import EnvManager, ManagerConfig, SandboxSpec
+from thunder_env import EnvManager, Lease, ManagerConfig, SandboxSpec
 from thunder_env.docker import DockerBackend
 from thunder_env.errors import (
     BackendError,
@@ -230,3 +230,29 @@ def _agent_server(root_pid: int) -> int:
         if child.cmdline()[1:2] == ["serve"]:
             return child.pid
     pytest.fail(f"no agent server under pid {root_pid}")
+
+
+async def test_long_engine_execs_do_not_starve_control_calls(base_spec: SandboxSpec) -> None:
+    """Streams (exec output, archives) have their own connection budget: with every stream connection
+    taken by a running command, control calls (inspect, remove) still go through."""
+    namespace = "test-faults-" + secrets.token_hex(4)
+    async with DockerBackend(exec_agent=False, stream_connections=2, control_connections=2) as backend:
+        manager = EnvManager(backend, ManagerConfig(namespace=namespace))
+        await manager.start()
+        try:
+            lease = await manager.acquire("p", base_spec)
+            running = [asyncio.create_task(manager.exec(lease, "sleep 60")) for _ in range(2)]
+            await eventually(lambda: _commands_running(backend, lease, 2), what="both commands run")
+            assert await backend.is_running(lease.sandbox_id)  # not queued behind the streams
+            assert not any(task.done() for task in running)
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+        finally:
+            await manager.close()
+        assert await leftovers(backend, namespace) == []
+
+
+async def _commands_running(backend: DockerBackend, lease: Lease, count: int) -> bool:
+    listed = await backend.client.containers.container("thunder-" + lease.sandbox_id).top()
+    return sum(1 for row in listed["Processes"] if "sleep 60" in row[-1]) >= count

@@ -99,3 +99,12 @@ def test_sync_members_pass_through_and_unknown_methods_are_refused() -> None:
         faults.fail("agent_socket", BackendError("x"))
     with pytest.raises(TypeError, match="unknown fault options"):
         faults.hang("destroy", on_cal=1)
+
+
+async def test_an_engine_call_past_its_time_limit_is_reported_stuck() -> None:
+    from thunder_env.docker.errors import engine_errors
+    from thunder_env.errors import EngineStuckError
+
+    with pytest.raises(EngineStuckError, match="did not answer in time"):
+        async with engine_errors("sb-1"):
+            raise TimeoutError  # what aiohttp raises when the client's total timeout passes
