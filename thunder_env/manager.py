@@ -650,7 +650,7 @@ class EnvManager(ProvisioningMixin):
                 log.warning("sandbox %s was removed but its container %s is still there: removing it",
                             sandbox_id, leftover.resource_id[:12])
                 try:
-                    await self.backend.remove_managed(leftover)
+                    await self._remove_container(sandbox_id)  # by sandbox id: its host directory goes too
                 except Exception as exc:  # kept in _retired: the next check tries again
                     log.warning("could not remove container %s: %s", leftover.resource_id[:12], exc)
                     continue

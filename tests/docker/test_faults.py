@@ -52,6 +52,7 @@ async def make_faulty(faults: FaultyBackend, backend: DockerBackend) -> AsyncIte
     for manager in made:
         await manager.close()
         assert await leftovers(backend, manager.config.namespace) == []
+        assert not (backend.agent_run_dir / manager.config.namespace).exists(), "host directories leaked"
 
 
 def spec(base_spec: SandboxSpec) -> SandboxSpec:
@@ -90,7 +91,8 @@ async def test_end_program_drops_snapshot_holds_even_when_a_destroy_fails(
 async def test_a_hung_engine_fails_destroy_and_close_in_time_with_a_typed_error(
     make_faulty: Factory, faults: FaultyBackend, backend: DockerBackend, base_spec: SandboxSpec
 ) -> None:
-    manager = await make_faulty(engine_timeout_s=0.5, destroy_retry_s=3600)
+    # Long enough for a real removal on a busy host; the hang fails it all the same.
+    manager = await make_faulty(engine_timeout_s=5.0, destroy_retry_s=3600)
     lease = await manager.acquire("p", base_spec)
     hang = faults.hang("destroy")
     async with asyncio.timeout(60):  # a guard against hanging forever, not a speed check
@@ -219,6 +221,7 @@ async def test_reconcile_goes_on_past_a_failed_removal(faults: FaultyBackend, ba
         assert await leftovers(backend, namespace) == []
     finally:
         await manager.close()
+    assert not (backend.agent_run_dir / namespace).exists()
 
 
 async def _true(value: bool) -> bool:
@@ -251,6 +254,7 @@ async def test_long_engine_execs_do_not_starve_control_calls(base_spec: SandboxS
         finally:
             await manager.close()
         assert await leftovers(backend, namespace) == []
+        assert not (backend.agent_run_dir / namespace).exists()
 
 
 async def _commands_running(backend: DockerBackend, lease: Lease, count: int) -> bool:
