@@ -194,11 +194,14 @@ async def test_a_stopped_agent_costs_one_wait_and_runs_nothing_twice(
     # The agent's server (`agent serve`, forked by its supervisor under docker-init): stop it from the host.
     info = await backend.client.containers.container("thunder-" + lease.sandbox_id).show()
     agent_pid = _agent_server(info["State"]["Pid"])
+    fallbacks = backend.fallback_execs
     os.kill(agent_pid, signal.SIGSTOP)
     try:
         results = [await manager.exec(lease, "echo x >> /tmp/count") for _ in range(3)]
         assert all(r.exit_code == 0 for r in results)
-        assert backend.agent_unresponsive(lease.sandbox_id)  # given up on after the first call
+        # Only the first call waited for the agent; the others went straight to the Engine API.
+        assert backend.fallback_execs - fallbacks == 1
+        assert backend.agent_unresponsive(lease.sandbox_id)
     finally:
         os.kill(agent_pid, signal.SIGCONT)
     count = await manager.exec(lease, "wc -l < /tmp/count")
