@@ -102,6 +102,7 @@ class EnvManager(ProvisioningMixin):
         self._reaper: asyncio.Task[None] | None = None
         self._reaping: asyncio.Task[list[str]] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._checking: asyncio.Task[list[str]] | None = None
         # Sandboxes removed since the last health check: a container of one still listed is removed again.
         self._retired: set[str] = set()
         self._closed = False
@@ -132,9 +133,10 @@ class EnvManager(ProvisioningMixin):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if self._reaping is not None:
-            # A reap in progress is reclaiming containers: let it finish rather than leak them.
-            await asyncio.gather(self._reaping, return_exceptions=True)
+        for work in (self._reaping, self._checking):
+            if work is not None:
+                # A reap or health check in progress is removing containers: let it finish rather than leak them.
+                await asyncio.gather(work, return_exceptions=True)
         for lease_owner in self._leases.programs():
             for lease in self._leases.of_program(lease_owner):
                 self._leases.remove(lease, "manager closed")
@@ -624,8 +626,11 @@ class EnvManager(ProvisioningMixin):
         assert self.config.health_interval_s is not None
         while True:
             await asyncio.sleep(self.config.health_interval_s)
+            self._checking = asyncio.create_task(self.check_health())
             try:
-                await self.check_health()
+                await asyncio.shield(self._checking)
+            except asyncio.CancelledError:
+                raise
             except Exception:
                 log.exception("sandbox health check failed; retrying next interval")
 

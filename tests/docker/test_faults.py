@@ -55,10 +55,6 @@ async def make_faulty(faults: FaultyBackend, backend: DockerBackend) -> AsyncIte
         assert not (backend.agent_run_dir / manager.config.namespace).exists(), "host directories leaked"
 
 
-def spec(base_spec: SandboxSpec) -> SandboxSpec:
-    return base_spec
-
-
 async def test_a_failed_destroy_keeps_the_sandbox_tracked_and_retries(
     make_faulty: Factory, faults: FaultyBackend, backend: DockerBackend, base_spec: SandboxSpec
 ) -> None:
@@ -131,12 +127,7 @@ async def test_a_container_killed_behind_the_managers_back_is_reported_to_its_pr
     make_faulty: Factory, backend: DockerBackend, base_spec: SandboxSpec
 ) -> None:
     manager = await make_faulty()
-    heard: list[SandboxEvent] = []
-
-    async def listener(event: SandboxEvent) -> None:
-        heard.append(event)
-
-    manager.events.add_sandbox_listener(listener)
+    heard = _sandbox_events(manager)
     lease = await manager.acquire("p", base_spec)
     await manager.exec(lease, "true")
     await backend.client.containers.container("thunder-" + lease.sandbox_id).kill()
@@ -152,12 +143,7 @@ async def test_the_health_check_finds_dead_sandboxes_without_a_call(
     make_faulty: Factory, backend: DockerBackend, base_spec: SandboxSpec
 ) -> None:
     manager = await make_faulty(health_interval_s=0.2)
-    heard: list[SandboxEvent] = []
-
-    async def listener(event: SandboxEvent) -> None:
-        heard.append(event)
-
-    manager.events.add_sandbox_listener(listener)
+    heard = _sandbox_events(manager)
     lease = await manager.acquire("p", base_spec)
     await backend.client.containers.container("thunder-" + lease.sandbox_id).kill()
     await eventually(lambda: _true(bool(heard)), what="the periodic check reports the dead sandbox")
@@ -170,12 +156,7 @@ async def test_an_engine_restart_reported_by_exec_revokes_and_tells(
 ) -> None:
     """What a dockerd restart looks like to the manager: its containers stop, execs fail as not running."""
     manager = await make_faulty()
-    heard: list[SandboxEvent] = []
-
-    async def listener(event: SandboxEvent) -> None:
-        heard.append(event)
-
-    manager.events.add_sandbox_listener(listener)
+    heard = _sandbox_events(manager)
     a = await manager.acquire("a", base_spec)
     b = await manager.share("b", a.sandbox_id)
     faults.fail("exec", SandboxDeadError(a.sandbox_id, "Container is not running"))
@@ -225,6 +206,16 @@ async def test_reconcile_goes_on_past_a_failed_removal(faults: FaultyBackend, ba
     finally:
         await manager.close()
     assert not (backend.agent_run_dir / namespace).exists()
+
+
+def _sandbox_events(manager: EnvManager) -> list[SandboxEvent]:
+    heard: list[SandboxEvent] = []
+
+    async def listener(event: SandboxEvent) -> None:
+        heard.append(event)
+
+    manager.events.add_sandbox_listener(listener)
+    return heard
 
 
 async def _true(value: bool) -> bool:
