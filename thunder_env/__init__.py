@@ -4,6 +4,8 @@ from .config import ManagerConfig
 from .errors import (
     BackendError,
     BackendUnavailableError,
+    CommandStartUnknownError,
+    EngineStuckError,
     FileOperationError,
     FileTooLargeError,
     ImageNotFoundError,
@@ -14,10 +16,11 @@ from .errors import (
     ProcessNotFoundError,
     ResourceExhaustedError,
     SandboxDeadError,
+    SandboxesNotDestroyedError,
     SandboxNotFoundError,
     ThunderError,
 )
-from .events import EventBus, ToolEvent
+from .events import EventBus, SandboxEvent, ToolEvent
 from .leases import Lease
 from .manager import DEFAULT, EnvManager
 from .results import CapturedOutput, ExecResult, FileEntry, OutputChunk, PortBinding, ProcessOutput, SandboxInfo
@@ -28,6 +31,8 @@ __all__ = [
     "BackendError",
     "BackendUnavailableError",
     "CapturedOutput",
+    "CommandStartUnknownError",
+    "EngineStuckError",
     "EnvManager",
     "EventBus",
     "ExecResult",
@@ -47,9 +52,11 @@ __all__ = [
     "ProcessOutput",
     "ResourceExhaustedError",
     "SandboxDeadError",
+    "SandboxEvent",
     "SandboxInfo",
     "SandboxNotFoundError",
     "SandboxSpec",
+    "SandboxesNotDestroyedError",
     "ThunderError",
     "ToolEvent",
 ]

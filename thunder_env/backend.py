@@ -30,6 +30,7 @@ class ManagedResource:
     kind: str  # "container" | "image" | "network"
     resource_id: str
     labels: Mapping[str, str]
+    state: str | None = None  # a container's engine state ("running", "exited"...), if the engine says
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,15 @@ class ManagerConfig(BaseModel):
     disk_check_interval_s: float = Field(default=30.0, gt=0)
     port_host: str = "127.0.0.1"
     reconcile_on_start: bool = True
+    # The longest the manager waits for one engine call it makes itself (removing a sandbox, listing
+    # its containers): past it the engine is reported stuck (EngineStuckError) and the work retried.
+    engine_timeout_s: float = Field(default=120.0, gt=0)
+    # A failed removal is retried after this long, doubling up to a minute, until it succeeds.
+    destroy_retry_s: float = Field(default=1.0, gt=0)
+    # Every this long, sandboxes whose container stopped or vanished (dockerd restart, OOM of the
+    # init, `docker kill`) are reported dead to their programs, and containers of this manager it
+    # already removed once are removed again (None: no health check).
+    health_interval_s: float | None = Field(default=10.0, gt=0)
     # Warm pools (thunder_env.pools). Every spec acquired gets a pool sized by demand within
     # [pool_min_size, pool_max_size]; 0/0 means pools only for specs given to configure_pool().
     pool_min_size: int = Field(default=0, ge=0)

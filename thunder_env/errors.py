@@ -71,6 +71,33 @@ class BackendUnavailableError(BackendError):
     """The container engine does not answer."""
 
 
+class EngineStuckError(BackendUnavailableError):
+    """The container engine accepted a call but did not answer within its time limit (a hung dockerd)."""
+
+
+class SandboxesNotDestroyedError(BackendError):
+    """Sandboxes whose containers could not be removed; the manager still tracks them and retries."""
+
+    def __init__(self, sandbox_ids: list[str], cause: str) -> None:
+        self.sandbox_ids = sandbox_ids
+        super().__init__(
+            f"{len(sandbox_ids)} sandbox(es) could not be removed ({cause}): {', '.join(sandbox_ids)}; "
+            "they stay tracked: check the Docker Engine (`docker ps`), then close again to retry"
+        )
+
+
+class CommandStartUnknownError(BackendError):
+    """A command was handed over but its start was never confirmed: it may have run (partly). It was
+    killed if it had started, and it is never run a second time behind the caller's back."""
+
+    def __init__(self, sandbox_id: str, detail: str) -> None:
+        self.sandbox_id = sandbox_id
+        super().__init__(
+            f"sandbox {sandbox_id}: the command may or may not have started ({detail}); it was stopped and "
+            "not retried, so check its effects before running it again"
+        )
+
+
 class SandboxDeadError(ThunderError):
     def __init__(self, sandbox_id: str, detail: str = "") -> None:
         self.sandbox_id = sandbox_id

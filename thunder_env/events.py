@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,37 @@ def command_word(argv: list[str]) -> str | None:
 ToolEventListener = Callable[[ToolEvent], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class SandboxEvent:
+    """Something happened to a sandbox behind its program's back (its container died)."""
+
+    kind: Literal["sandbox_dead"]
+    program_id: str
+    sandbox_id: str
+    reason: str
+    time: float
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "program_id": self.program_id,
+            "sandbox_id": self.sandbox_id,
+            "reason": self.reason,
+            "time": self.time,
+        }
+
+
+SandboxEventListener = Callable[[SandboxEvent], Awaitable[None]]
+
+
 class EventBus:
     """Fans tool events out to async listeners. A failing listener is logged, never fatal:
     a scheduler hiccup must not fail the agent's tool call."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._listeners: list[ToolEventListener] = []
+        # Apart from tool listeners: a scheduler that knows only tool events never sees these.
+        self._sandbox_listeners: list[SandboxEventListener] = []
         self.clock = clock
 
     def add_listener(self, listener: ToolEventListener) -> None:
@@ -69,10 +94,23 @@ class EventBus:
     def remove_listener(self, listener: ToolEventListener) -> None:
         self._listeners.remove(listener)
 
+    def add_sandbox_listener(self, listener: SandboxEventListener) -> None:
+        self._sandbox_listeners.append(listener)
+
+    def remove_sandbox_listener(self, listener: SandboxEventListener) -> None:
+        self._sandbox_listeners.remove(listener)
+
     async def emit(self, event: ToolEvent) -> None:
-        if not self._listeners:
-            return
-        results = await asyncio.gather(*(lst(event) for lst in self._listeners), return_exceptions=True)
-        for listener, result in zip(self._listeners, results, strict=False):
-            if isinstance(result, BaseException):
-                log.warning("tool event listener %r failed on %s: %r", listener, event.kind, result)
+        await _fan_out(list(self._listeners), event, event.kind)
+
+    async def emit_sandbox(self, event: SandboxEvent) -> None:
+        await _fan_out(list(self._sandbox_listeners), event, event.kind)
+
+
+async def _fan_out(listeners: list[Callable[[Any], Awaitable[None]]], event: object, kind: str) -> None:
+    if not listeners:
+        return
+    results = await asyncio.gather(*(lst(event) for lst in listeners), return_exceptions=True)
+    for listener, result in zip(listeners, results, strict=False):
+        if isinstance(result, BaseException):
+            log.warning("event listener %r failed on %s: %r", listener, kind, result)

@@ -19,15 +19,18 @@ from . import files
 from .backend import BackendSandbox, ExecRequest, SandboxBackend
 from .config import ManagerConfig
 from .errors import (
+    EngineStuckError,
     FileOperationError,
     InvalidSpecError,
     LeaseReleasedError,
     ManagerClosedError,
     PortExposeError,
     ProcessNotFoundError,
+    SandboxDeadError,
+    SandboxesNotDestroyedError,
     SandboxNotFoundError,
 )
-from .events import EventBus, ToolEvent, ToolEventListener, command_word
+from .events import EventBus, SandboxEvent, ToolEvent, ToolEventListener, command_word
 from .leases import Lease, LeaseTable
 from .output import RollingBuffer
 from .ports import PortForwarder
@@ -50,7 +53,11 @@ class _Default:
 
 
 DEFAULT = _Default()
-SandboxState = Literal["ready", "lingering", "destroying"]
+# destroy_failed: its container could not be removed; still tracked, retried with backoff.
+SandboxState = Literal["ready", "lingering", "destroying", "destroy_failed"]
+# Engine states of a container that will not run commands again by itself.
+_STOPPED_STATES = frozenset({"exited", "dead"})
+MAX_DESTROY_RETRY_S = 60.0
 
 
 @dataclass(eq=False)
@@ -68,6 +75,9 @@ class _Sandbox:
     gone: asyncio.Event = field(default_factory=asyncio.Event)  # set once its destroy has finished
     busy: int = 0  # operations in flight: an idle reaper must not pull the floor from under them
     origin: str = "cold"  # cold | warm | prepared | fork (see provisioning.py)
+    destroy_attempts: int = 0  # failed removals so far
+    retry_task: asyncio.Task[None] | None = None
+    died: str | None = None  # why its container stopped behind the manager's back
 
 
 class EnvManager(ProvisioningMixin):
@@ -93,6 +103,10 @@ class EnvManager(ProvisioningMixin):
         self._storage_path: str | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._reaping: asyncio.Task[list[str]] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._checking: asyncio.Task[list[str]] | None = None
+        # Sandboxes removed since the last health check: a container of one still listed is removed again.
+        self._retired: set[str] = set()
         self._closed = False
         self._starting: set[asyncio.Future[None]] = set()  # acquires and forks in flight: close() waits
         self._init_provisioning()
@@ -104,20 +118,28 @@ class EnvManager(ProvisioningMixin):
         report = await self.reconcile() if self.config.reconcile_on_start else None
         if self.config.idle_ttl_s is not None:
             self._reaper = asyncio.create_task(self._reap_forever(), name="thunder-env-reaper")
+        if self.config.health_interval_s is not None:
+            self._watcher = asyncio.create_task(self._watch_forever(), name="thunder-env-health")
         return report
 
     async def close(self) -> None:
-        """Destroy every sandbox this manager holds and stop background work."""
+        """Destroy every sandbox this manager holds and stop background work.
+
+        Raises ``SandboxesNotDestroyedError`` (after everything else is done) if some containers could
+        not be removed: they stay tracked, and closing again retries them."""
         if self._closed:
+            await self._destroy_remaining()
             return
         self._closed = True
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-        if self._reaping is not None:
-            # A reap in progress is reclaiming containers: let it finish rather than leak them.
-            await asyncio.gather(self._reaping, return_exceptions=True)
+        for task in (self._reaper, self._watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for work in (self._reaping, self._checking):
+            if work is not None:
+                # A reap or health check in progress is removing containers: let it finish rather than leak them.
+                await asyncio.gather(work, return_exceptions=True)
         for lease_owner in self._leases.programs():
             for lease in self._leases.of_program(lease_owner):
                 self._leases.remove(lease, "manager closed")
@@ -126,6 +148,19 @@ class EnvManager(ProvisioningMixin):
         if self._starting:
             # Acquires racing with close: each destroys what it started (see _adopt); wait for them.
             await asyncio.wait(set(self._starting))
+        await self._destroy_remaining()
+
+    async def _destroy_remaining(self) -> None:
+        """One more removal of what failed to go (a closed manager retries only when asked)."""
+        remaining = [sb for sb in self._sandboxes.values() if sb.state == "destroy_failed"]
+        for sandbox in remaining:
+            if sandbox.retry_task is not None:
+                sandbox.retry_task.cancel()
+                sandbox.retry_task = None
+        await asyncio.gather(*(self._destroy(sb) for sb in remaining), return_exceptions=True)
+        left = sorted(sb.sandbox_id for sb in self._sandboxes.values())
+        if left:
+            raise SandboxesNotDestroyedError(left, "the engine failed or did not answer")
 
     async def __aenter__(self) -> EnvManager:
         await self.start()
@@ -219,8 +254,11 @@ class EnvManager(ProvisioningMixin):
                 sandbox = self._sandboxes.get(lease.sandbox_id)
                 if sandbox is not None:
                     orphaned.append(sandbox)
-        await asyncio.gather(*(self._last_lease_gone(sb) for sb in orphaned))
-        await self._provisioning_end_program(program_id)
+        try:
+            await asyncio.gather(*(self._last_lease_gone(sb) for sb in orphaned))
+        finally:
+            # The program's snapshot holds go whatever became of its sandboxes (a failed removal is retried).
+            await self._provisioning_end_program(program_id)
         return sum(1 for sb in orphaned if sb.sandbox_id not in self._sandboxes)
 
     def leases_of(self, program_id: str) -> list[Lease]:
@@ -416,7 +454,7 @@ class EnvManager(ProvisioningMixin):
 
     def _live(self, sandbox_id: str) -> _Sandbox:
         sandbox = self._sandboxes.get(sandbox_id)
-        if sandbox is None or sandbox.state == "destroying":
+        if sandbox is None or sandbox.state in ("destroying", "destroy_failed"):
             raise SandboxNotFoundError(sandbox_id)
         return sandbox
 
@@ -489,6 +527,12 @@ class EnvManager(ProvisioningMixin):
             # (else it stays busy and is never reaped), and listeners get its tool_end.
             await self.events.emit(start)
             yield outcome
+        except (SandboxDeadError, SandboxNotFoundError) as exc:
+            # The engine says the container stopped or vanished (a dockerd restart, `docker kill`):
+            # every program holding it must hear it, not only this caller.
+            if self._sandboxes.get(sandbox.sandbox_id) is sandbox:
+                await asyncio.shield(self._sandbox_died(sandbox, _death_reason(exc)))
+            raise
         finally:
             sandbox.busy -= 1
             sandbox.last_used_at = self._clock()
@@ -534,6 +578,8 @@ class EnvManager(ProvisioningMixin):
             await self._destroy(sandbox)
 
     async def _destroy(self, sandbox: _Sandbox) -> None:
+        """Remove the sandbox. Never raises but a cancel: a failed removal keeps the sandbox tracked
+        (``destroy_failed``) and retries it with backoff, so no container is ever forgotten."""
         if sandbox.state == "destroying":
             # One is under way (a linger timer, the reaper): close() and the rest return once it is done.
             await sandbox.gone.wait()
@@ -541,6 +587,9 @@ class EnvManager(ProvisioningMixin):
         sandbox.state = "destroying"
         if sandbox.linger_task is not None and sandbox.linger_task is not asyncio.current_task():
             sandbox.linger_task.cancel()
+        if sandbox.retry_task is not None and sandbox.retry_task is not asyncio.current_task():
+            sandbox.retry_task.cancel()
+        sandbox.retry_task = None
         for lease in self._leases.of_sandbox(sandbox.sandbox_id):
             self._leases.remove(lease, "sandbox destroyed")
         try:
@@ -549,11 +598,114 @@ class EnvManager(ProvisioningMixin):
                 if process.task is not None and not process.task.done():
                     process.task.cancel()
                 self._processes.pop(process.process_id, None)
-            await self.backend.destroy(sandbox.sandbox_id)
-        finally:
-            self._sandboxes.pop(sandbox.sandbox_id, None)
-            sandbox.gone.set()
-            await self._provisioning_sandbox_gone(sandbox.sandbox_id)
+            await self._remove_container(sandbox.sandbox_id)
+        except asyncio.CancelledError:
+            self._destroy_failed(sandbox, "its removal was cancelled")
+            raise
+        except Exception as exc:
+            self._destroy_failed(sandbox, str(exc))
+            return
+        self._sandboxes.pop(sandbox.sandbox_id, None)
+        if self._watcher is not None:
+            self._retired.add(sandbox.sandbox_id)
+        sandbox.gone.set()
+        # Only once the container is gone: the engine keeps a snapshot's image while a container uses it.
+        await self._provisioning_sandbox_gone(sandbox.sandbox_id)
+
+    async def _remove_container(self, sandbox_id: str) -> None:
+        try:
+            async with asyncio.timeout(self.config.engine_timeout_s):
+                await self.backend.destroy(sandbox_id)
+        except TimeoutError as exc:
+            raise EngineStuckError(
+                f"the container engine did not remove sandbox {sandbox_id} within "
+                f"{self.config.engine_timeout_s:g} s; check that dockerd answers (`docker ps`)"
+            ) from exc
+
+    def _destroy_failed(self, sandbox: _Sandbox, why: str) -> None:
+        sandbox.state = "destroy_failed"
+        sandbox.destroy_attempts += 1
+        waiting, sandbox.gone = sandbox.gone, asyncio.Event()
+        waiting.set()  # whoever waited on this attempt goes on; the sandbox stays listed
+        log.warning(
+            "sandbox %s could not be removed (attempt %d: %s); it stays tracked and is retried",
+            sandbox.sandbox_id, sandbox.destroy_attempts, why,
+        )
+        if not self._closed:
+            sandbox.retry_task = asyncio.create_task(self._retry_destroy(sandbox), name="thunder-env-destroy-retry")
+
+    async def _retry_destroy(self, sandbox: _Sandbox) -> None:
+        backoff = self.config.destroy_retry_s * 2 ** min(sandbox.destroy_attempts - 1, 16)
+        await asyncio.sleep(min(backoff, MAX_DESTROY_RETRY_S))
+        if sandbox.state == "destroy_failed":
+            sandbox.retry_task = None
+            await self._destroy(sandbox)
+
+    async def _sandbox_died(self, sandbox: _Sandbox, reason: str) -> None:
+        """Its container stopped behind the manager's back: revoke its leases, tell its programs, remove it."""
+        if sandbox.died is not None or sandbox.state not in ("ready", "lingering"):
+            return
+        sandbox.died = reason
+        leases = self._leases.of_sandbox(sandbox.sandbox_id)
+        for lease in leases:
+            self._leases.remove(lease, f"sandbox died: {reason}")
+        log.warning("sandbox %s died (%s); its %d lease(s) are revoked", sandbox.sandbox_id, reason, len(leases))
+        for program_id in sorted({lease.program_id for lease in leases}):
+            await self.events.emit_sandbox(
+                SandboxEvent("sandbox_dead", program_id, sandbox.sandbox_id, reason, self.events.clock())
+            )
+        await self._destroy(sandbox)
+
+    async def _watch_forever(self) -> None:
+        assert self.config.health_interval_s is not None
+        while True:
+            await asyncio.sleep(self.config.health_interval_s)
+            self._checking = asyncio.create_task(self.check_health())
+            try:
+                await asyncio.shield(self._checking)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sandbox health check failed; retrying next interval")
+
+    async def check_health(self) -> list[str]:
+        """Find this manager's sandboxes whose container stopped or vanished (reported dead to their
+        programs), and remove again containers of sandboxes it already removed. Returns the dead ones."""
+        since = self._clock()
+        labels = {
+            "thunder.managed": "1", "thunder.namespace": self.config.namespace, "thunder.instance": self.instance_id
+        }
+        try:
+            async with asyncio.timeout(self.config.engine_timeout_s):
+                found = await self.backend.list_managed(labels)
+        except TimeoutError as exc:
+            raise EngineStuckError(
+                f"the container engine did not list containers within {self.config.engine_timeout_s:g} s"
+            ) from exc
+        containers = {r.labels.get("thunder.sandbox", ""): r for r in found if r.kind == "container"}
+        for sandbox_id in list(self._retired):
+            leftover = containers.get(sandbox_id)
+            if leftover is not None and sandbox_id not in self._sandboxes:
+                log.warning("sandbox %s was removed but its container %s is still there: removing it",
+                            sandbox_id, leftover.resource_id[:12])
+                try:
+                    await self._remove_container(sandbox_id)  # by sandbox id: its host directory goes too
+                except Exception as exc:  # kept in _retired: the next check tries again
+                    log.warning("could not remove container %s: %s", leftover.resource_id[:12], exc)
+                    continue
+            self._retired.discard(sandbox_id)
+        dead: list[_Sandbox] = []
+        for sandbox in list(self._sandboxes.values()):
+            if sandbox.state not in ("ready", "lingering") or sandbox.created_at >= since:
+                continue  # adopted while the list was taken: it may simply not be in it
+            container = containers.get(sandbox.sandbox_id)
+            if container is None or container.state in _STOPPED_STATES:
+                dead.append(sandbox)
+        for sandbox in dead:
+            container = containers.get(sandbox.sandbox_id)
+            reason = "its container is gone" if container is None else f"its container is {container.state}"
+            await self._sandbox_died(sandbox, reason)
+        return [sb.sandbox_id for sb in dead]
 
     async def _reap_forever(self) -> None:
         while True:
@@ -602,6 +754,10 @@ class EnvManager(ProvisioningMixin):
 @dataclass(slots=True)
 class _Outcome:
     exit_code: int | None = None
+
+
+def _death_reason(exc: Exception) -> str:
+    return "its container is gone" if isinstance(exc, SandboxNotFoundError) else "its container is not running"
 
 
 def _check_program_id(program_id: str) -> None:

@@ -20,13 +20,16 @@ import pytest
 from thunder_env.agent import protocol as wire
 from thunder_env.agent.build import ensure_agent_binary
 from thunder_env.backend import ExecRequest
+from thunder_env.docker import agent_client
 from thunder_env.docker.agent_client import (
     AgentEndpoint,
     AgentUnavailableError,
+    AgentUnresponsiveError,
     agent_exec,
     agent_kill,
     agent_ping,
 )
+from thunder_env.errors import CommandStartUnknownError
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +212,47 @@ def _marker_of(process: psutil.Process) -> str:
         return process.environ().get(wire.MARKER_VAR, "")
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return ""
+
+
+async def test_a_stopped_agent_never_runs_the_command_it_did_not_read(
+    endpoint: AgentEndpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGSTOP: the request stays unread, so the client may run the command another way; once the
+    agent resumes it must not run it too (it sees the client's hang-up before it forks)."""
+    monkeypatch.setattr(agent_client, "START_TIMEOUT_S", 0.3)
+    agent_pid = (await agent_ping(endpoint)).pid
+    target = tmp_path / "appended"
+    os.kill(agent_pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(AgentUnresponsiveError, match="did not read"):
+            await agent_exec(endpoint, request(["/bin/sh", "-c", f"echo once >> {target}"]))
+    finally:
+        os.kill(agent_pid, signal.SIGCONT)
+    await _until_pong(endpoint)  # it has handled everything queued before the ping
+    assert not target.exists(), "the agent ran a request its client had given up on"
+    result = await agent_exec(endpoint, request(["/bin/sh", "-c", f"echo once >> {target}"]))
+    assert result.exit_code == 0 and target.read_text() == "once\n"
+
+
+async def test_a_request_read_but_never_confirmed_is_reported_as_maybe_started(
+    socket_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent that read the whole request and went silent may have started it: no fallback allowed."""
+    monkeypatch.setattr(agent_client, "START_TIMEOUT_S", 0.3)
+    received = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1 << 16)
+        received.set()
+        await reader.read()  # until the client hangs up, answering nothing
+        writer.close()
+
+    path = str(socket_dir / "silent.sock")
+    server = await asyncio.start_unix_server(silent, path)
+    try:
+        with pytest.raises(CommandStartUnknownError, match="may or may not have started"):
+            await agent_exec(AgentEndpoint("sb-silent", path, ""), request(["/bin/true"]))
+        assert received.is_set()
+    finally:
+        server.close()
+        await server.wait_closed()

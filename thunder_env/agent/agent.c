@@ -500,6 +500,12 @@ static void read_pipe(int *fd, uint8_t type, buffer_t *out, int64_t *last_data) 
     *last_data = now_ms();
 }
 
+/* Whether the manager has shut down its side: it no longer waits for this request. */
+static int peer_gone(int fd) {
+    struct pollfd p = {.fd = fd, .events = POLLRDHUP};
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
 static void run_handler(conn_t *c) {
     prctl(PR_SET_NAME, "thunder-exec");
     int conn = c->fd;
@@ -739,6 +745,10 @@ static int serve(const char *path) {
                 uint8_t count[4];
                 put_u32(count, kill_marked(c->marker));
                 send_frame_now(c->fd, RESP_KILLED, count, 4);
+                drop = 1;
+            } else if (a == ACT_RUN && peer_gone(c->fd)) {
+                /* The manager gave up on this request before we read it (we were stopped or slow)
+                   and may run it another way: running it now could do its work twice. */
                 drop = 1;
             } else if (a == ACT_RUN) {
                 pid_t pid = fork();

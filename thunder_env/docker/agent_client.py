@@ -8,15 +8,20 @@ host socket, and every request names the sandbox it is meant for, which the agen
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
+import socket
 import stat
+import struct
+import termios
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..agent import protocol as wire
 from ..backend import ExecRequest
-from ..errors import BackendError
+from ..errors import BackendError, CommandStartUnknownError
 from ..output import HeadTailBuffer
 from ..results import CapturedOutput, ExecResult, OutputChunk
 
@@ -44,6 +49,10 @@ class AgentUnavailableError(BackendError):
 
 class AgentNotListeningError(AgentUnavailableError):
     """Nothing listens on the agent's socket (not started yet, restarting, or gone)."""
+
+
+class AgentUnresponsiveError(AgentUnavailableError):
+    """The agent never read the request (stopped, wedged): the command did not start; stop using it."""
 
 
 class AgentLostError(BackendError):
@@ -158,8 +167,18 @@ async def agent_exec(
                 await writer.drain()
                 first = await _read_frame(reader)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, wire.ProtocolError) as exc:
-            raise AgentUnavailableError(
-                f"exec agent of sandbox {endpoint.sandbox_id} did not start the command ({exc!r})"
+            # The agent starts a command only once it has read all of its request: while some of it
+            # is still unread the command certainly did not start, and another path may run it.
+            # Otherwise it may have started: running it again could do its work twice.
+            # Shut our side first: from then on the agent refuses the request (it checks for the
+            # hang-up before it forks), so bytes still unread now can never start the command.
+            _shut_write(writer)
+            if _unread_bytes(writer) > 0:
+                raise AgentUnresponsiveError(
+                    f"exec agent of sandbox {endpoint.sandbox_id} did not read the command ({exc!r})"
+                ) from exc
+            raise CommandStartUnknownError(
+                endpoint.sandbox_id, f"its exec agent took the command but did not confirm its start: {exc!r}"
             ) from exc
         if first.kind == wire.RESP_FAILURE:
             failure = wire.decode_failure(first.payload)
@@ -185,6 +204,29 @@ async def agent_exec(
     finally:
         await asyncio.shield(_close(writer))
     return _result(status.code, stdout, stderr, started, timed_out=status.timed_out)
+
+
+def _shut_write(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.fileno() >= 0:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+
+
+def _unread_bytes(writer: asyncio.StreamWriter) -> int:
+    """Bytes of our request the peer has not read yet: still in our buffer or in the socket's queue.
+
+    On a Unix stream socket SIOCOUTQ (TIOCOUTQ) counts what the receiver has not consumed; 0 when
+    it cannot be told (a closed socket), which callers take as "may have been read"."""
+    pending = writer.transport.get_write_buffer_size()
+    sock = writer.get_extra_info("socket")
+    if sock is None or sock.fileno() < 0:
+        return pending
+    try:
+        queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+    except OSError:
+        return pending
+    return pending + int(queued)
 
 
 async def _pump(

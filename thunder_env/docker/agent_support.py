@@ -30,6 +30,7 @@ import aiodocker
 
 from ..agent.build import DEFAULT_CACHE_DIR, AgentBuildError, ensure_agent_binary
 from ..backend import ExecRequest, OutputCallback
+from ..errors import CommandStartUnknownError
 from ..reconcile import OwnerIdentity
 from ..results import ExecResult
 from ..spec import KEEPALIVE_COMMAND, SandboxSpec
@@ -38,6 +39,7 @@ from .agent_client import (
     AgentEndpoint,
     AgentNotListeningError,
     AgentUnavailableError,
+    AgentUnresponsiveError,
     agent_exec,
     agent_kill,
     agent_ping,
@@ -99,6 +101,9 @@ class DockerAgentSupport:
         self._unconfirmed: dict[str, float] = {}  # sandbox -> deadline for its agent's first answer
         # Markers of agent execs not started yet: a kill waits for the start, or it would find nothing.
         self._starting: dict[str, asyncio.Event] = {}
+        # Sandboxes whose agent stopped reading requests (SIGSTOP, wedged): their commands take the
+        # Engine API at once instead of each waiting START_TIMEOUT_S for an agent that will not answer.
+        self._unresponsive: set[str] = set()
         self._owner = OwnerIdentity.current().encode()
 
     @property
@@ -181,6 +186,17 @@ class DockerAgentSupport:
         """The sandbox is going: commands cut off from now on are its end, not the agent's failure."""
         self._agents.pop(sandbox_id, None)
         self._unconfirmed.pop(sandbox_id, None)
+        self._unresponsive.discard(sandbox_id)
+
+    def agent_unresponsive(self, sandbox_id: str) -> bool:
+        """Whether the sandbox's agent was given up on (its commands take the Engine API)."""
+        return sandbox_id in self._unresponsive
+
+    def _give_up_on_agent(self, sandbox_id: str, why: Exception) -> None:
+        if sandbox_id in self._agents and sandbox_id not in self._unresponsive:
+            self._unresponsive.add(sandbox_id)
+            log.warning("the exec agent of sandbox %s is unresponsive (%s); its commands take the Engine API",
+                        sandbox_id, why)
 
     async def _forget_agent(self, sandbox_id: str) -> None:
         """Drop the sandbox's agent and its host directory (by name: also after a cancelled create)."""
@@ -202,6 +218,8 @@ class DockerAgentSupport:
     def _agent_for(self, sandbox_id: str, user: str) -> AgentEndpoint | None:
         if not self.exec_agent or _ENGINE_ONLY.get():
             return None
+        if sandbox_id in self._unresponsive:
+            return None
         endpoint = self._agents.get(sandbox_id)
         # The agent runs as the sandbox's user; a command for another user takes the Engine API.
         return endpoint if endpoint is not None and endpoint.user == user else None
@@ -221,9 +239,14 @@ class DockerAgentSupport:
         started = self._starting.setdefault(request.marker, asyncio.Event())
         try:
             result = await agent_exec(endpoint, request, on_output, started.set)
+        except CommandStartUnknownError as exc:
+            self._give_up_on_agent(sandbox_id, exc)
+            raise
         except AgentUnavailableError as exc:
             if sandbox_id not in self._agents:
                 return None  # destroyed meanwhile: the Engine API path reports the sandbox gone
+            if isinstance(exc, AgentUnresponsiveError):
+                self._give_up_on_agent(sandbox_id, exc)
             self.fallback_execs += 1
             log.warning("%s; running the command through the Engine API instead", exc)
             return None

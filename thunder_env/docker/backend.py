@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import aiodocker
+import aiohttp
 
 from .execution import DockerExecution
 from .lifecycle import DEFAULT_LOG_MAX_BYTES, DockerLifecycle
 from .networks import ProgramNetworks
 from .snapshots import DockerSnapshots
 
+# Control calls (create, inspect, remove, list) must answer within this long: past it the engine is
+# reported stuck (EngineStuckError) instead of blocking destroy and close() forever.
+ENGINE_TIMEOUT_S = 120.0
+CONNECT_TIMEOUT_S = 10.0
+CONTROL_CONNECTIONS = 32
+STREAM_CONNECTIONS = 64
+
 
 class DockerBackend(DockerLifecycle, DockerExecution, DockerSnapshots):
-    """One aiodocker client for every call; use ``async with`` or ``await close()``.
+    """Two aiodocker clients: one for control calls (with a time limit) and one for long streams
+    (exec output, archives, commits; no overall limit), each with its own connection budget, so a
+    hundred running Engine-API execs never starve a destroy. Use ``async with`` or ``await close()``.
 
     ``exec_agent``: run commands through the agent inside each sandbox (a local engine only); its
     per-sandbox socket directories live under ``agent_run_dir``, its binary under ``agent_cache_dir``.
@@ -28,8 +39,16 @@ class DockerBackend(DockerLifecycle, DockerExecution, DockerSnapshots):
         agent_run_dir: Path | None = None,
         agent_cache_dir: Path | None = None,
         log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
+        engine_timeout_s: float = ENGINE_TIMEOUT_S,
+        control_connections: int = CONTROL_CONNECTIONS,
+        stream_connections: int = STREAM_CONNECTIONS,
     ) -> None:
-        self._docker = aiodocker.Docker(url=url)
+        self._docker = aiodocker.Docker(
+            url=url, timeout=aiohttp.ClientTimeout(total=engine_timeout_s, sock_connect=CONNECT_TIMEOUT_S)
+        )
+        self._streams = aiodocker.Docker(url=url, timeout=aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT_S))
+        _limit_connections(self._docker, control_connections)
+        _limit_connections(self._streams, stream_connections)
         self._networks = ProgramNetworks(self._docker)
         self._oom_counts: dict[str, int] = {}
         self._log_max_bytes = log_max_bytes
@@ -38,13 +57,22 @@ class DockerBackend(DockerLifecycle, DockerExecution, DockerSnapshots):
 
     @property
     def client(self) -> aiodocker.Docker:
+        """The control client (calls with a time limit)."""
         return self._docker
 
     async def close(self) -> None:
-        await self._docker.close()
+        await asyncio.gather(self._docker.close(), self._streams.close())
 
     async def __aenter__(self) -> DockerBackend:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _limit_connections(docker: aiodocker.Docker, limit: int) -> None:
+    # aiodocker builds the connector from the URL (and rewrites the URL for it), so the budget is set
+    # on the connector it made; aiohttp reads _limit on every acquire.
+    if limit < 1:
+        raise ValueError(f"a connection budget must be at least 1, got {limit}")
+    docker.connector._limit = limit

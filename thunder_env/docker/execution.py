@@ -17,7 +17,7 @@ import aiohttp
 from aiodocker.stream import Stream
 
 from ..backend import ExecRequest, OutputCallback
-from ..errors import BackendError, FileOperationError, FileTooLargeError
+from ..errors import BackendError, CommandStartUnknownError, FileOperationError, FileTooLargeError
 from ..output import HeadTailBuffer
 from ..results import ExecResult, OutputChunk
 from .agent_client import AgentLostError
@@ -59,7 +59,8 @@ _OOM_COUNT_SCRIPT = (
 
 
 class DockerExecution(DockerAgentSupport):
-    _docker: aiodocker.Docker
+    _docker: aiodocker.Docker  # control calls: inspect, the killer exec
+    _streams: aiodocker.Docker  # long streams: command output, archives
     _oom_counts: dict[str, int]
 
     async def exec(
@@ -74,6 +75,10 @@ class DockerExecution(DockerAgentSupport):
             log.warning("%s; its processes are killed and the result has no exit code", exc)
             await asyncio.shield(self._kill_quietly(sandbox_id, request))
             return exc.partial
+        except CommandStartUnknownError:
+            # It may run: stop it (through the Engine API, the agent is given up on) and never rerun it.
+            await asyncio.shield(self._kill_quietly(sandbox_id, request))
+            raise
         except asyncio.CancelledError:
             # The agent kills the tree when the connection drops; this also covers a wedged agent.
             await asyncio.shield(self._kill_quietly(sandbox_id, request))
@@ -92,7 +97,7 @@ class DockerExecution(DockerAgentSupport):
         stderr = HeadTailBuffer(request.output_limit)
         env = dict(request.env)
         env[MARKER_VAR] = request.marker
-        container = self._docker.containers.container(container_name(sandbox_id))
+        container = self._streams.containers.container(container_name(sandbox_id))
         async with engine_errors(sandbox_id):
             execution = await container.exec(
                 list(request.argv),
@@ -155,10 +160,10 @@ class DockerExecution(DockerAgentSupport):
                 await asyncio.sleep(0.2 * (attempt + 1))
 
     async def get_archive(self, sandbox_id: str, path: str, max_bytes: int | None = None) -> bytes:
-        container = self._docker.containers.container(container_name(sandbox_id))
+        container = self._streams.containers.container(container_name(sandbox_id))
         try:
             async with engine_errors(sandbox_id):
-                async with self._docker._query(
+                async with self._streams._query(
                     f"containers/{container.id}/archive", method="GET", params={"path": path}
                 ) as response:
                     try:
@@ -177,10 +182,10 @@ class DockerExecution(DockerAgentSupport):
             raise
 
     async def put_archive(self, sandbox_id: str, dest_dir: str, data: bytes) -> None:
-        container = self._docker.containers.container(container_name(sandbox_id))
+        container = self._streams.containers.container(container_name(sandbox_id))
         try:
             async with engine_errors(sandbox_id):
-                async with self._docker._query(
+                async with self._streams._query(
                     f"containers/{container.id}/archive",
                     method="PUT",
                     data=data,

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 CONTAINER_PREFIX = "thunder-"
 DEFAULT_LOG_MAX_BYTES = 1 << 20
+# A removal already under way (another caller's) is waited for this long before the caller retries.
+REMOVAL_POLLS = 50
+REMOVAL_POLL_S = 0.2
 
 
 def container_name(sandbox_id: str) -> str:
@@ -122,12 +125,29 @@ class DockerLifecycle(DockerAgentSupport):
                 container = self._docker.containers.container(container_name(sandbox_id))
                 await container.delete(force=True, v=True)
         except BackendError as exc:
-            if exc.status != 404 and not (exc.status == 409 and "already in progress" in str(exc)):
+            if exc.status == 409 and "already in progress" in str(exc):
+                # Another removal runs; it is not done yet, and dockerd drops it if its caller hung up:
+                # only a container seen gone counts as removed (otherwise the caller retries).
+                await self._until_gone(sandbox_id)
+            elif exc.status != 404:
                 raise
         finally:
             # Even when the caller gives up half-way (a cancelled reaper): the host directory goes too.
             await asyncio.shield(self._forget_agent(sandbox_id))
         await asyncio.shield(self._networks.detach(sandbox_id))  # the container is gone: its network may go
+
+    async def _until_gone(self, sandbox_id: str) -> None:
+        container = self._docker.containers.container(container_name(sandbox_id))
+        for _ in range(REMOVAL_POLLS):
+            try:
+                async with engine_errors():
+                    await container.show()
+            except BackendError as exc:
+                if exc.status == 404:
+                    return
+                raise
+            await asyncio.sleep(REMOVAL_POLL_S)
+        raise BackendError(f"the removal of sandbox {sandbox_id} already under way did not finish; retry it")
 
     async def is_running(self, sandbox_id: str) -> bool:
         try:
@@ -145,7 +165,8 @@ class DockerLifecycle(DockerAgentSupport):
             containers = await self._docker.containers.list(all=True, filters=filters)
             images = await self._docker.images.list(filters=filters)
         found = [
-            ManagedResource("container", c.id, c._container.get("Labels") or {}) for c in containers
+            ManagedResource("container", c.id, c._container.get("Labels") or {}, c._container.get("State"))
+            for c in containers
         ]
         found += [ManagedResource("image", i["Id"], i.get("Labels") or {}) for i in images]
         networks = await self._networks.list_managed(filters)

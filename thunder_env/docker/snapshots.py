@@ -16,10 +16,11 @@ from .lifecycle import container_name
 
 class DockerSnapshots:
     _docker: aiodocker.Docker
+    _streams: aiodocker.Docker  # a commit copies the whole writable layer: no overall time limit
 
     async def commit(self, sandbox_id: str, snapshot_ref: str, labels: Mapping[str, str], pause: bool) -> str:
         repository, _, tag = snapshot_ref.rpartition(":")
-        container = self._docker.containers.container(container_name(sandbox_id))
+        container = self._streams.containers.container(container_name(sandbox_id))
         async with engine_errors(sandbox_id):
             # Only Labels is given: the engine fills every other field (Cmd, Env...) from the container,
             # and merges the container's labels under ours.

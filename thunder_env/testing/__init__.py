@@ -1,0 +1,1 @@
+"""Test utilities shipped with the package (the chaos benchmark uses them at run time)."""
