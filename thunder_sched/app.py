@@ -19,10 +19,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from thunder_sched.config import SchedulerConfig
 from thunder_sched.errors import SchedulerError
 from thunder_sched.events import ToolEvent, ToolEventBody
-from thunder_sched.forward import ClientGoneError, proxy_completion, proxy_get
 from thunder_sched.metrics import make_registry
 from thunder_sched.notifier import ProgramEndCallback
 from thunder_sched.program import ProgramInfo
+from thunder_sched.proxy import ClientGoneError, proxy_completion, proxy_get
 from thunder_sched.scheduler import Scheduler
 
 

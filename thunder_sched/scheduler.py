@@ -20,7 +20,6 @@ from typing import Any
 
 import httpx
 
-from thunder_sched.backends import BackendPool, HealthChange
 from thunder_sched.config import SchedulerConfig
 from thunder_sched.errors import BadRequestError, NoBackendError, ProgramNotFoundError, ProgramTerminatedError
 from thunder_sched.events import ToolEventLike
@@ -37,6 +36,7 @@ from thunder_sched.policy import (
     restore_order,
 )
 from thunder_sched.program import Program, ProgramInfo, Usage
+from thunder_sched.replicas import BackendPool, HealthChange
 from thunder_sched.tokens import CharsPerToken, Endpoint, prompt_chars, prompt_token_ids_count, tokenize_count
 from thunder_sched.tool_model import ToolDurationModel, tool_key
 
@@ -47,7 +47,7 @@ MAX_PREFIXES = 4096  # shared prefixes remembered (their token counts)
 
 
 @dataclass(eq=False, slots=True)
-class Lease:
+class Admission:
     """One admitted request: the program and the backend it must go to. `Scheduler.finish` ends it."""
 
     program: Program
@@ -345,7 +345,7 @@ class Scheduler:
         ratio = program.chars_per_token if program is not None else None
         return chars, self._chars_per_token.estimate(chars, ratio)
 
-    async def admit(self, program_id: str | None, endpoint: Endpoint, body: dict[str, Any]) -> Lease:
+    async def admit(self, program_id: str | None, endpoint: Endpoint, body: dict[str, Any]) -> Admission:
         """Register the request with its program and wait until the program is ACTIVE on a usable backend.
         A paused program's request is held here, without error, until the policy restores it."""
         if program_id is not None and not (0 < len(program_id) <= MAX_PROGRAM_ID):
@@ -377,7 +377,7 @@ class Scheduler:
             self._ledger.update(p)
         p.in_flight[backend] = p.in_flight.get(backend, 0) + 1
         self._ledger.update(p)
-        return Lease(p, backend, chars, p.tokens)
+        return Admission(p, backend, chars, p.tokens)
 
     def _decode_reserve(self, p: Program, body: dict[str, Any]) -> int:
         """Room the response will take: the program's observed output length (with a margin) when known,
@@ -419,12 +419,12 @@ class Scheduler:
             return None, 0
         return key, tokens
 
-    def progress(self, lease: Lease, events: int) -> None:
+    def progress(self, admission: Admission, events: int) -> None:
         """Streamed content events of a running request: the context grows while it generates."""
-        if lease.done or events <= 0:
+        if admission.done or events <= 0:
             return
-        lease.streamed += events
-        p = lease.program
+        admission.streamed += events
+        p = admission.program
         p.streamed += events
         p.tokens += events
         if p.status is not Status.TERMINATED:
@@ -462,7 +462,7 @@ class Scheduler:
 
     def finish(
         self,
-        lease: Lease,
+        admission: Admission,
         *,
         usage: Usage | None,
         completion_estimate: int = 0,
@@ -471,16 +471,16 @@ class Scheduler:
         definitive: bool = False,
     ) -> None:
         """End one request, whatever happened to it (done, client gone, backend failure). Idempotent."""
-        if lease.done:
+        if admission.done:
             return
-        lease.done = True
-        p, now = lease.program, self._clock()
-        left = p.in_flight.get(lease.backend, 0) - 1
+        admission.done = True
+        p, now = admission.program, self._clock()
+        left = p.in_flight.get(admission.backend, 0) - 1
         if left > 0:
-            p.in_flight[lease.backend] = left
+            p.in_flight[admission.backend] = left
         else:
-            p.in_flight.pop(lease.backend, None)
-        p.streamed = max(0, p.streamed - lease.streamed)
+            p.in_flight.pop(admission.backend, None)
+        p.streamed = max(0, p.streamed - admission.streamed)
         if not p.running and not p.held:
             p.reserve_tokens = 0
         if usage is not None:
@@ -489,11 +489,11 @@ class Scheduler:
             ema = p.output_tokens_ema
             out = float(usage.completion_tokens)
             p.output_tokens_ema = out if ema is None else 0.7 * ema + 0.3 * out
-            ratio = self._chars_per_token.observe(lease.prompt_chars, usage.prompt_tokens)
+            ratio = self._chars_per_token.observe(admission.prompt_chars, usage.prompt_tokens)
             if ratio is not None:
                 p.chars_per_token = ratio
         else:
-            p.tokens = lease.estimated_tokens + max(completion_estimate, lease.streamed)
+            p.tokens = admission.estimated_tokens + max(completion_estimate, admission.streamed)
             p.tokens_exact = False
         if completed:
             p.steps += 1
@@ -501,7 +501,7 @@ class Scheduler:
         if p.phase is Phase.ACTING:
             p.acting_since = now
         if backend_error is not None:
-            change = self.backends.report_failure(lease.backend, backend_error, definitive=definitive)
+            change = self.backends.report_failure(admission.backend, backend_error, definitive=definitive)
             if change is not None:
                 self._on_health(change)
         if p.status is Status.TERMINATED:

@@ -11,7 +11,7 @@ import httpx
 from thunder_sched.config import PolicyConfig, SchedulerConfig
 from thunder_sched.events import ToolEvent
 from thunder_sched.program import Usage
-from thunder_sched.scheduler import Lease, Scheduler
+from thunder_sched.scheduler import Admission, Scheduler
 
 URLS = ("http://e0.invalid", "http://e1.invalid")
 
@@ -37,8 +37,8 @@ async def test_ledger_matches_a_full_recount_through_random_operations() -> None
         rng = random.Random(7)
         async with httpx.AsyncClient(transport=_engine(64)) as client:  # 1,024 tokens per backend
             await sched.start(client)
-            waiting: dict[str, asyncio.Task[Lease]] = {}
-            running: dict[str, Lease] = {}
+            waiting: dict[str, asyncio.Task[Admission]] = {}
+            running: dict[str, Admission] = {}
             for step in range(600):
                 pid = f"p{rng.randrange(12)}"
                 op = rng.random()
@@ -51,9 +51,9 @@ async def test_ledger_matches_a_full_recount_through_random_operations() -> None
                 elif op < 0.3 and pid in running:
                     sched.progress(running[pid], rng.randrange(1, 20))  # streamed tokens
                 elif op < 0.55 and pid in running:
-                    lease = running.pop(pid)
-                    usage = Usage(lease.estimated_tokens, rng.randrange(1, 40)) if rng.random() < 0.8 else None
-                    sched.finish(lease, usage=usage, completed=usage is not None)
+                    admission = running.pop(pid)
+                    usage = Usage(admission.estimated_tokens, rng.randrange(1, 40)) if rng.random() < 0.8 else None
+                    sched.finish(admission, usage=usage, completed=usage is not None)
                 elif op < 0.65:
                     command = rng.choice(["pytest", "ls", "sleep"])
                     await sched.on_tool_event(ToolEvent(kind="tool_start", program_id=pid, command=command))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from thunder_sched.backends import FACTOR_FLOOR, Backend, BackendPool, next_capacity_factor
 from thunder_sched.errors import ConfigError
+from thunder_sched.replicas import FACTOR_FLOOR, Backend, BackendPool, next_capacity_factor
 from thunder_sched.vllm_metrics import parse_snapshot
 
 URL = "http://vllm:8000"

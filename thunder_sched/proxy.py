@@ -1,6 +1,6 @@
 """Forwarding one OpenAI request to the backend the scheduler chose, streaming without buffering.
 
-Every exit path (done, client gone, backend error, cancellation) ends the request's lease exactly once.
+Every exit path (done, client gone, backend error, cancellation) ends the request's admission exactly once.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from thunder_sched.errors import BackendError, BadRequestError, NoBackendError
-from thunder_sched.scheduler import Lease, Scheduler
+from thunder_sched.scheduler import Admission, Scheduler
 from thunder_sched.sse import UsageTracker, parse_usage
 from thunder_sched.tokens import Endpoint
 
@@ -96,32 +96,32 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 
 async def open_upstream(
     scheduler: Scheduler, program_id: str | None, endpoint: Endpoint, body: dict[str, Any], headers: dict[str, str]
-) -> tuple[Lease, httpx.Response]:
+) -> tuple[Admission, httpx.Response]:
     """Admit the request (waiting while its program is paused) and open the upstream response.
     A refused connection marks the backend down and retries on another one: nothing was sent yet."""
     payload = json.dumps(body).encode()
     last_error = "no attempt"
     for _ in range(len(scheduler.config.backends) + 1):
-        lease = await scheduler.admit(program_id, endpoint, body)
-        url = lease.backend + PATHS[endpoint]
+        admission = await scheduler.admit(program_id, endpoint, body)
+        url = admission.backend + PATHS[endpoint]
         try:
             request = scheduler.client.build_request("POST", url, content=payload, headers=headers)
             response = await scheduler.client.send(request, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             last_error = f"{type(exc).__name__}: {exc}"
-            scheduler.finish(lease, usage=None, completed=False, backend_error=last_error, definitive=True)
+            scheduler.finish(admission, usage=None, completed=False, backend_error=last_error, definitive=True)
             continue
         except httpx.HTTPError as exc:
-            scheduler.finish(lease, usage=None, completed=False, backend_error=f"{type(exc).__name__}: {exc}")
-            raise BackendError(lease.backend, f"{type(exc).__name__}: {exc}") from exc
+            scheduler.finish(admission, usage=None, completed=False, backend_error=f"{type(exc).__name__}: {exc}")
+            raise BackendError(admission.backend, f"{type(exc).__name__}: {exc}") from exc
         except BaseException:
-            scheduler.finish(lease, usage=None, completed=False)
+            scheduler.finish(admission, usage=None, completed=False)
             raise
-        return lease, response
+        return admission, response
     raise NoBackendError(f"every backend refused the connection; last error: {last_error}")
 
 
-async def complete(scheduler: Scheduler, lease: Lease, upstream: httpx.Response) -> Response:
+async def complete(scheduler: Scheduler, admission: Admission, upstream: httpx.Response) -> Response:
     """Non-streaming: relay the backend's bytes unchanged, reading `usage` on the way."""
     usage, completed, error = None, False, None
     try:
@@ -133,9 +133,9 @@ async def complete(scheduler: Scheduler, lease: Lease, upstream: httpx.Response)
         return Response(content, status_code=upstream.status_code, media_type=_media_type(upstream))
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"
-        raise BackendError(lease.backend, error) from exc
+        raise BackendError(admission.backend, error) from exc
     finally:
-        scheduler.finish(lease, usage=usage, completed=completed, backend_error=error)
+        scheduler.finish(admission, usage=usage, completed=completed, backend_error=error)
         await upstream.aclose()
 
 
@@ -158,9 +158,11 @@ class FinalizingStreamingResponse(StreamingResponse):
                 await self._finalize()
 
 
-async def stream(scheduler: Scheduler, lease: Lease, upstream: httpx.Response, *, strip_usage: bool) -> Response:
+async def stream(
+    scheduler: Scheduler, admission: Admission, upstream: httpx.Response, *, strip_usage: bool
+) -> Response:
     if upstream.status_code != 200:  # an error body, not a stream: relay it whole
-        return await complete(scheduler, lease, upstream)
+        return await complete(scheduler, admission, upstream)
     tracker = UsageTracker(strip_usage_chunk=strip_usage)
     errors: list[str] = []
 
@@ -170,7 +172,7 @@ async def stream(scheduler: Scheduler, lease: Lease, upstream: httpx.Response, *
             async for chunk in upstream.aiter_bytes():
                 out = tracker.feed(chunk)
                 if tracker.content_events > seen:  # the context grows while it generates
-                    scheduler.progress(lease, tracker.content_events - seen)
+                    scheduler.progress(admission, tracker.content_events - seen)
                     seen = tracker.content_events
                 if out:
                     yield out
@@ -179,10 +181,10 @@ async def stream(scheduler: Scheduler, lease: Lease, upstream: httpx.Response, *
                 yield tail
         except httpx.HTTPError as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
-            log.warning("stream from %s broke: %s", lease.backend, errors[-1])
+            log.warning("stream from %s broke: %s", admission.backend, errors[-1])
             message = {
                 "error": {
-                    "message": f"backend {lease.backend} failed mid-stream: {errors[-1]}",
+                    "message": f"backend {admission.backend} failed mid-stream: {errors[-1]}",
                     "type": BackendError.error_type,
                     "code": 502,
                 }
@@ -193,7 +195,7 @@ async def stream(scheduler: Scheduler, lease: Lease, upstream: httpx.Response, *
 
     async def finalize() -> None:
         scheduler.finish(
-            lease,
+            admission,
             usage=tracker.usage,
             completion_estimate=tracker.content_events,
             completed=tracker.finished and not errors,
@@ -220,10 +222,12 @@ async def proxy_completion(scheduler: Scheduler, request: Request, endpoint: End
             options["include_usage"] = True
         body["stream_options"] = options
     headers = forward_headers(request.headers)
-    lease, upstream = await unless_disconnected(request, open_upstream(scheduler, program_id, endpoint, body, headers))
+    admission, upstream = await unless_disconnected(
+        request, open_upstream(scheduler, program_id, endpoint, body, headers)
+    )
     if body.get("stream") is True:
-        return await stream(scheduler, lease, upstream, strip_usage=strip_usage)
-    return await unless_disconnected(request, complete(scheduler, lease, upstream))
+        return await stream(scheduler, admission, upstream, strip_usage=strip_usage)
+    return await unless_disconnected(request, complete(scheduler, admission, upstream))
 
 
 async def proxy_get(scheduler: Scheduler, path: str, headers: Mapping[str, str]) -> Response:
