@@ -60,7 +60,7 @@ class NoBackendError(SchedulerError):
     error_type = "no_backend_available"
 
 
-class BackendError(SchedulerError, ConnectionError):
+class ReplicaError(SchedulerError, ConnectionError):
     """A backend could not be reached or failed mid-request."""
 
     status_code = 502

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from thunder_sched.errors import BackendError, BadRequestError, NoBackendError
+from thunder_sched.errors import BadRequestError, NoBackendError, ReplicaError
 from thunder_sched.scheduler import Admission, Scheduler
 from thunder_sched.sse import UsageTracker, parse_usage
 from thunder_sched.tokens import Endpoint
@@ -113,7 +113,7 @@ async def open_upstream(
             continue
         except httpx.HTTPError as exc:
             scheduler.finish(admission, usage=None, completed=False, backend_error=f"{type(exc).__name__}: {exc}")
-            raise BackendError(admission.backend, f"{type(exc).__name__}: {exc}") from exc
+            raise ReplicaError(admission.backend, f"{type(exc).__name__}: {exc}") from exc
         except BaseException:
             scheduler.finish(admission, usage=None, completed=False)
             raise
@@ -133,7 +133,7 @@ async def complete(scheduler: Scheduler, admission: Admission, upstream: httpx.R
         return Response(content, status_code=upstream.status_code, media_type=_media_type(upstream))
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"
-        raise BackendError(admission.backend, error) from exc
+        raise ReplicaError(admission.backend, error) from exc
     finally:
         scheduler.finish(admission, usage=usage, completed=completed, backend_error=error)
         await upstream.aclose()
@@ -185,7 +185,7 @@ async def stream(
             message = {
                 "error": {
                     "message": f"backend {admission.backend} failed mid-stream: {errors[-1]}",
-                    "type": BackendError.error_type,
+                    "type": ReplicaError.error_type,
                     "code": 502,
                 }
             }
@@ -239,5 +239,5 @@ async def proxy_get(scheduler: Scheduler, path: str, headers: Mapping[str, str])
     try:
         resp = await scheduler.client.get(url, headers=forward_headers(headers))
     except httpx.HTTPError as exc:
-        raise BackendError(usable[0].url, f"{type(exc).__name__}: {exc}") from exc
+        raise ReplicaError(usable[0].url, f"{type(exc).__name__}: {exc}") from exc
     return Response(resp.content, status_code=resp.status_code, media_type=_media_type(resp))

@@ -74,7 +74,7 @@ class SchedulerStats:
 
 
 @dataclass(frozen=True, slots=True)
-class Snapshot:
+class SchedulerCounts:
     """Counts for /metrics."""
 
     active: int
@@ -676,14 +676,14 @@ class Scheduler:
             return self._terminated[program_id]
         raise ProgramNotFoundError(program_id)
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self) -> SchedulerCounts:
         now = self._clock()
         views = self.views(now)
         backend_views = self.backends.views()
         self._ledger.begin_round(backend_views)
         loads = {b.url: self._ledger.weighted(b.url) for b in backend_views}
         backends = self.backends.backends.values()
-        return Snapshot(
+        return SchedulerCounts(
             active=sum(v.status is Status.ACTIVE for v in views),
             paused=sum(v.status is Status.PAUSED for v in views),
             waiting=sum(v.ready for v in views),

@@ -13,8 +13,8 @@ from thunder_sched.cpu_vllm import (
     MetricsError,
     ModelSpec,
     ModelSpecError,
-    ServerConfig,
     ServerConfigError,
+    VllmServerConfig,
     cache_root_from_env,
 )
 from thunder_sched.cpu_vllm.metrics import parse_metrics
@@ -147,7 +147,7 @@ def test_cache_root_from_env(tmp_path: Path) -> None:
 
 def test_server_config_rejects_impossible_values() -> None:
     with pytest.raises(ServerConfigError, match="kv_cache_memory_bytes, port"):
-        ServerConfig(kv_cache_memory_bytes=0, port=70_000)
+        VllmServerConfig(kv_cache_memory_bytes=0, port=70_000)
     with pytest.raises(ServerConfigError, match="startup_timeout"):
-        ServerConfig(startup_timeout=0)
-    assert ServerConfig(port=8000, max_model_len=4096).port == 8000
+        VllmServerConfig(startup_timeout=0)
+    assert VllmServerConfig(port=8000, max_model_len=4096).port == 8000

@@ -18,7 +18,7 @@ from thunder_sched.cpu_vllm import (
     CachePaths,
     CpuVllmError,
     CpuVllmServer,
-    ServerConfig,
+    VllmServerConfig,
     cache_root_from_env,
     ensure_cpu_vllm,
 )
@@ -46,7 +46,7 @@ async def cpu_vllm(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cp
         pytest.fail(f"cannot prepare the CPU vLLM under {paths.root}: {exc}", pytrace=False)
     log_path = tmp_path_factory.mktemp("cpu-vllm") / "server.log"
     # Startup takes 40-70 s alone, but over 130 s was seen while other test suites share the 2 cores.
-    config = ServerConfig(startup_timeout=360)
+    config = VllmServerConfig(startup_timeout=360)
     server = CpuVllmServer(prepared.python, prepared.model_dir, config, log_path=log_path)
     try:
         await server.start()

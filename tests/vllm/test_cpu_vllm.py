@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from thunder_sched.cpu_vllm import CpuVllmServer, ServerConfig, ServerError, ServerStartTimeout, VllmMetrics
+from thunder_sched.cpu_vllm import CpuVllmServer, ServerError, ServerStartTimeout, VllmMetrics, VllmServerConfig
 from thunder_sched.cpu_vllm.server import estimate_pool_tokens
 
 PARAGRAPH = (
@@ -184,7 +184,7 @@ def _fake_server(tmp_path: Path, startup_timeout: float) -> tuple[CpuVllmServer,
         (package / "__init__.py").write_text("")
     (module / "api_server.py").write_text(textwrap.dedent(FAKE_SERVER))
     pids_file = tmp_path / "pids"
-    config = ServerConfig(
+    config = VllmServerConfig(
         max_model_len=128,
         startup_timeout=startup_timeout,
         stop_timeout=3,
@@ -232,7 +232,7 @@ async def test_cancelled_start_leaves_no_process(tmp_path: Path) -> None:
 
 async def test_server_that_exits_during_startup_raises_with_log_tail(tmp_path: Path) -> None:
     # The project venv has no vllm, so `python -m vllm...` exits at once with an import error.
-    config = ServerConfig(max_model_len=128, startup_timeout=60, env={"PYTHONPATH": ""})
+    config = VllmServerConfig(max_model_len=128, startup_timeout=60, env={"PYTHONPATH": ""})
     server = CpuVllmServer(Path(sys.executable), tmp_path, config, log_path=tmp_path / "server.log")
     started = time.monotonic()
     with pytest.raises(ServerError, match=r"exited with code \d+ during startup(.|\n)*No module named"):

@@ -17,7 +17,7 @@ import httpx
 
 from thunder_sched.bench.modes import Engine
 from thunder_sched.bench.runner import BenchError
-from thunder_sched.cpu_vllm.server import CPU_BLOCK_SIZE, ServerConfig, estimate_pool_tokens
+from thunder_sched.cpu_vllm.server import CPU_BLOCK_SIZE, VllmServerConfig, estimate_pool_tokens
 from thunder_sched.vllm_metrics import parse_cache_config
 
 
@@ -36,14 +36,14 @@ async def attached_vllm(url: str) -> AsyncIterator[Engine]:
     yield await _describe(url.rstrip("/"), None)
 
 
-def pool_config(model_config: dict[str, object], tokens: int, dtype: str) -> ServerConfig:
+def pool_config(model_config: dict[str, object], tokens: int, dtype: str) -> VllmServerConfig:
     """A server config whose KV pool serves at least `tokens` tokens (whole blocks) of this model."""
     probe = 1 << 36  # big enough that whole-block rounding is negligible in the ratio
     per_token = probe / estimate_pool_tokens(model_config, probe, dtype)
     # One block more for the block vLLM reserves (its null block), half a block for its own bookkeeping.
     blocks = math.ceil(tokens / CPU_BLOCK_SIZE) + 1.5
     max_len = min(int(model_config.get("max_position_embeddings", tokens)), tokens)  # type: ignore[call-overload]
-    return ServerConfig(
+    return VllmServerConfig(
         kv_cache_memory_bytes=math.ceil(blocks * CPU_BLOCK_SIZE * per_token), max_model_len=max_len, dtype=dtype
     )
 
@@ -54,7 +54,7 @@ async def started_vllm(pool_tokens: int | None = None) -> AsyncIterator[Engine]:
     from thunder_sched.cpu_vllm import CachePaths, CpuVllmServer, cache_root_from_env, ensure_cpu_vllm
 
     prepared = await ensure_cpu_vllm(CachePaths(cache_root_from_env(os.environ)))
-    config = ServerConfig()
+    config = VllmServerConfig()
     if pool_tokens is not None:
         text = await asyncio.to_thread(Path(prepared.model_dir, "config.json").read_text)
         config = pool_config(json.loads(text), pool_tokens, config.dtype)

@@ -18,7 +18,7 @@ from .errors import (
 from .metrics import VllmMetrics, parse_metrics
 from .model import ModelSpec, ensure_model
 from .prepare import CachePaths, PreparedVllm, cache_root_from_env, ensure_cpu_vllm
-from .server import CpuVllmServer, ServerConfig, fetch_metrics
+from .server import CpuVllmServer, VllmServerConfig, fetch_metrics
 from .venv import VLLM_REQUIREMENT, VllmVenv, ensure_venv
 
 __all__ = [
@@ -31,12 +31,12 @@ __all__ = [
     "ModelSpec",
     "ModelSpecError",
     "PreparedVllm",
-    "ServerConfig",
     "ServerConfigError",
     "ServerError",
     "ServerStartTimeout",
     "VenvError",
     "VllmMetrics",
+    "VllmServerConfig",
     "VllmVenv",
     "cache_root_from_env",
     "ensure_cpu_vllm",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import CpuVllmError
 from .prepare import CachePaths, cache_root_from_env, ensure_cpu_vllm
-from .server import CpuVllmServer, ServerConfig
+from .server import CpuVllmServer, VllmServerConfig
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,10 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the OpenAI server in the foreground until Ctrl-C/SIGTERM")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
     serve.add_argument("--port", type=int, default=None, help="port (default: a free one)")
-    serve.add_argument("--kv-cache-memory-bytes", type=int, default=ServerConfig.kv_cache_memory_bytes)
+    serve.add_argument("--kv-cache-memory-bytes", type=int, default=VllmServerConfig.kv_cache_memory_bytes)
     serve.add_argument("--max-model-len", type=int, default=None, help="default: fits the KV pool, at most 8192")
-    serve.add_argument("--served-model-name", default=ServerConfig.served_model_name)
-    serve.add_argument("--startup-timeout", type=float, default=ServerConfig.startup_timeout)
+    serve.add_argument("--served-model-name", default=VllmServerConfig.served_model_name)
+    serve.add_argument("--startup-timeout", type=float, default=VllmServerConfig.startup_timeout)
     serve.add_argument(
         "--enforce-eager",
         action="store_true",
@@ -60,7 +60,7 @@ async def _ensure(paths: CachePaths) -> int:
 
 async def _serve(paths: CachePaths, args: argparse.Namespace) -> int:
     prepared = await ensure_cpu_vllm(paths)
-    config = ServerConfig(
+    config = VllmServerConfig(
         host=args.host,
         port=args.port,
         kv_cache_memory_bytes=args.kv_cache_memory_bytes,

@@ -20,7 +20,7 @@ class ModelSpecError(CpuVllmError, ValueError):
 
 
 class ServerConfigError(CpuVllmError, ValueError):
-    """A `ServerConfig` holds an impossible value (non-positive size, timeout or port out of range)."""
+    """A `VllmServerConfig` holds an impossible value (non-positive size, timeout or port out of range)."""
 
 
 class ServerError(CpuVllmError):

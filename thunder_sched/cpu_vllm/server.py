@@ -35,7 +35,7 @@ _PORT_IN_USE = "address already in use"
 
 
 @dataclass(frozen=True)
-class ServerConfig:
+class VllmServerConfig:
     host: str = "127.0.0.1"
     port: int | None = None  # None: a free port, retried if another process takes it first
     kv_cache_memory_bytes: int = 32_000_000  # about 15.6k tokens for the default ModelSpec
@@ -60,7 +60,7 @@ class ServerConfig:
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
-            raise ServerConfigError(f"invalid ServerConfig value(s) for {', '.join(bad)}: {self!r}")
+            raise ServerConfigError(f"invalid VllmServerConfig value(s) for {', '.join(bad)}: {self!r}")
 
 
 def free_port(host: str) -> int:
@@ -81,7 +81,7 @@ def estimate_pool_tokens(model_config: Mapping[str, object], kv_cache_memory_byt
     return kv_cache_memory_bytes // (per_token * CPU_BLOCK_SIZE) * CPU_BLOCK_SIZE
 
 
-def _server_env(config: ServerConfig) -> dict[str, str]:
+def _server_env(config: VllmServerConfig) -> dict[str, str]:
     env = dict(os.environ)
     # The legacy VLLM_CPU_KVCACHE_SPACE (GiB) would silently override --kv-cache-memory-bytes.
     env.pop("VLLM_CPU_KVCACHE_SPACE", None)
@@ -108,14 +108,14 @@ class CpuVllmServer:
         self,
         python: Path,
         model_dir: Path,
-        config: ServerConfig | None = None,
+        config: VllmServerConfig | None = None,
         *,
         log_path: Path | None = None,
         progress: Progress = stderr_progress,
     ) -> None:
         self.python = python
         self.model_dir = model_dir
-        self.config = config or ServerConfig()
+        self.config = config or VllmServerConfig()
         self._log_path = log_path
         self._progress = progress
         self._proc: asyncio.subprocess.Process | None = None
