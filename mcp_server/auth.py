@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from urllib.parse import unquote
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
@@ -22,6 +22,26 @@ PROGRAM_PATH = re.compile(r"^/p/(?P<program>[^/]+)/mcp/?$")
 
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
+
+
+def bearer_token(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    scheme, _, presented = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        return None
+    return presented.strip()
+
+
+def token_in(authorization: str, tokens: Sequence[str]) -> bool:
+    """Whether the header presents one of ``tokens``, compared by digest in time independent of which."""
+    presented = bearer_token(authorization)
+    if presented is None:
+        return False
+    digest = _digest(presented)
+    found = False
+    for token in tokens:  # no early exit
+        found |= hmac.compare_digest(digest, _digest(token))
+    return found
 
 
 def principal_of(token: str) -> str:
@@ -53,7 +73,7 @@ class BearerAuthMiddleware:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         granted, token_program, principal = self._check(headers.get("authorization", ""))
         if not granted or principal is None:
-            await _reply(
+            await reply(
                 send,
                 401,
                 "unauthorized",
@@ -67,10 +87,10 @@ class BearerAuthMiddleware:
         try:
             program = bind_request(path_program, headers.get(PROGRAM_HEADER) or None, token_program)
         except ProgramBindingError as exc:
-            await _reply(send, 400, "bad_program", str(exc))
+            await reply(send, 400, "bad_program", str(exc))
             return
         except PermissionError as exc:
-            await _reply(send, 403, "forbidden", str(exc))
+            await reply(send, 403, "forbidden", str(exc))
             return
         state = scope.setdefault("state", {})
         if program is not None:
@@ -83,10 +103,10 @@ class BearerAuthMiddleware:
         await self.app(scope, receive, send)
 
     def _check(self, authorization: str) -> tuple[bool, str | None, str | None]:
-        scheme, _, presented = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
+        presented = bearer_token(authorization)
+        if presented is None:
             return False, None, None
-        digest = _digest(presented.strip())
+        digest = _digest(presented)
         found: tuple[bool, str | None, str | None] = (False, None, None)
         for expected, program, principal in self._tokens:  # no early exit: time does not depend on the match
             if hmac.compare_digest(digest, expected):
@@ -100,7 +120,7 @@ def _route_path(scope: Scope) -> str:
     return path[len(root) :] if root and path.startswith(root) else path
 
 
-async def _reply(send: Send, status: int, error: str, message: str, extra: Mapping[str, str] | None = None) -> None:
+async def reply(send: Send, status: int, error: str, message: str, extra: Mapping[str, str] | None = None) -> None:
     body = json.dumps({"error": error, "message": message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]

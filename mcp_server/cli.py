@@ -1,7 +1,8 @@
 """``thunder-mcp``: Thunder's sandboxes as MCP tools, over stdio (default) or streamable HTTP.
 
-The only place that reads the environment: THUNDER_MCP_TOKEN (HTTP token) and THUNDER_PROGRAM_ID
-(stdio program). Everything else is passed down as typed configs.
+The only place that reads the environment: THUNDER_MCP_TOKEN (HTTP token), THUNDER_PROGRAM_ID
+(stdio program), THUNDER_SCHEDULER_TOKEN and THUNDER_NOTIFIER_TOKEN (the scheduler coupling).
+Everything else is passed down as typed configs.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from pydantic import ValidationError
 from thunder_env import EnvManager, ManagerConfig, ThunderError
 from thunder_env.docker import DockerBackend
 
-from .config import HttpConfig, ServerConfig, check_program_id
+from .config import HttpConfig, SchedulerLinkConfig, ServerConfig, check_program_id
+from .delivery import PostSender
 from .http import create_http_app
+from .scheduler_link import SchedulerLink
 from .server import ThunderServer, build_server
 from .stdio import run_stdio
 
@@ -73,8 +76,35 @@ def build_parser(prog: str = "thunder-mcp") -> argparse.ArgumentParser:
         help="end a program after this many seconds without a tool call (0: never)",
     )
     p.add_argument("--allow-bridge-network", action="store_true", help="let sandboxes reach the internet")
+    p.add_argument(
+        "--scheduler-url",
+        default=None,
+        metavar="URL",
+        help="a separately running thunder-sched: tool events and program ends are posted there",
+    )
+    p.add_argument(
+        "--scheduler-token",
+        default=None,
+        help="bearer token sent to --scheduler-url (default: $THUNDER_SCHEDULER_TOKEN, else none)",
+    )
+    p.add_argument(
+        "--notifier-token",
+        default=None,
+        help="HTTP: a token that reaches only POST /programs/<id>/end, for the scheduler's notifier "
+        "(default: $THUNDER_NOTIFIER_TOKEN; the server token always does)",
+    )
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     return p
+
+
+def scheduler_link_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> SchedulerLinkConfig | None:
+    """The scheduler to report to, or None (no --scheduler-url)."""
+    token = args.scheduler_token or environ.get("THUNDER_SCHEDULER_TOKEN") or None
+    if args.scheduler_url is None:
+        if args.scheduler_token:
+            raise ValueError("--scheduler-token needs --scheduler-url")
+        return None
+    return SchedulerLinkConfig(url=args.scheduler_url, token=token)
 
 
 def configs_from_args(
@@ -96,6 +126,8 @@ def configs_from_args(
         allow_bridge_network=args.allow_bridge_network,
     )
     if not args.http:
+        if args.notifier_token:
+            raise ValueError("--notifier-token is for --http (the scheduler's notifier posts over HTTP)")
         return manager_config, server_config, None, False
     token = args.token or environ.get("THUNDER_MCP_TOKEN") or None
     generated = token is None
@@ -111,6 +143,7 @@ def configs_from_args(
         token=token or secrets.token_urlsafe(32),
         program_tokens=program_tokens,
         allowed_hosts=tuple(args.allowed_host),
+        notifier_token=args.notifier_token or environ.get("THUNDER_NOTIFIER_TOKEN") or None,
     )
     return manager_config, server_config, http_config, generated
 
@@ -135,16 +168,23 @@ async def serve(
     *,
     generated_token: bool = False,
     show_claude: bool = False,
+    scheduler: SchedulerLinkConfig | None = None,
 ) -> None:
     async with DockerBackend() as backend:
         manager = EnvManager(backend, manager_config)
         await manager.start()
         try:
-            server = build_server(manager, server_config)
-            if http is None:
-                await run_stdio(server)
-            else:
-                await _serve_http(server, http, generated_token, show_claude)
+            async with contextlib.AsyncExitStack() as stack:
+                server = build_server(manager, server_config)
+                if scheduler is not None:
+                    # Entered first, left last: the ends of the shutdown (the server's close) still go out.
+                    sender = await stack.enter_async_context(PostSender(scheduler))
+                    SchedulerLink(sender).attach(manager, server.programs)
+                    stack.push_async_callback(server.aclose)
+                if http is None:
+                    await run_stdio(server)
+                else:
+                    await _serve_http(server, http, generated_token, show_claude)
         finally:
             await manager.close()
 
@@ -172,13 +212,21 @@ def main(argv: Sequence[str] | None = None, *, show_claude: bool = False) -> int
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
         manager_config, server_config, http, generated = configs_from_args(args, os.environ)
+        scheduler = scheduler_link_from_args(args, os.environ)
     except ValidationError as exc:  # without the input values: a token must not be echoed
         parser.error("; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()))
     except ValueError as exc:
         parser.error(str(exc))
     try:
         _run(
-            serve(manager_config, server_config, http, generated_token=generated, show_claude=show_claude),
+            serve(
+                manager_config,
+                server_config,
+                http,
+                generated_token=generated,
+                show_claude=show_claude,
+                scheduler=scheduler,
+            ),
             stdio=http is None,
         )
     except ThunderError as exc:

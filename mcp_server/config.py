@@ -111,6 +111,8 @@ class HttpConfig(BaseModel):
     program_tokens: dict[str, str] = Field(default_factory=dict)
     # A read-only token for `/metrics` of `thunder serve` (scrapers); None: only the server token reads it.
     metrics_token: str | None = Field(default=None, min_length=16)
+    # A token that reaches only `POST /programs/{id}/end` (the scheduler's notifier); the server token does too.
+    notifier_token: str | None = Field(default=None, min_length=16, repr=False)
     # Extra Host / Origin values the DNS-rebinding check accepts (loopback names always are).
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
@@ -135,4 +137,36 @@ class HttpConfig(BaseModel):
             self.metrics_token == self.token or self.metrics_token in self.program_tokens
         ):
             raise ValueError("the metrics token must differ from the server token and every program token")
+        if self.notifier_token is not None and (
+            self.notifier_token in (self.token, self.metrics_token) or self.notifier_token in self.program_tokens
+        ):
+            raise ValueError("the notifier token must differ from the server, metrics and program tokens")
         return self
+
+
+class SchedulerLinkConfig(BaseModel):
+    """Where this server reports its programs' tool events and ends: a separately running `thunder-sched`.
+
+    Delivery never blocks a tool call: a bounded queue, one sender, short timeouts, retries with backoff for
+    transient errors (no answer, 5xx, 429), then the event is dropped and counted.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str
+    # Sent as a bearer token (a scheduler behind `thunder serve`'s token or a proxy); None: no header.
+    token: str | None = Field(default=None, repr=False)
+    queue_size: int = Field(default=10_000, ge=1)
+    timeout_s: float = Field(default=2.0, gt=0)
+    max_attempts: int = Field(default=4, ge=1)
+    backoff_initial_s: float = Field(default=0.1, gt=0)
+    backoff_max_s: float = Field(default=2.0, gt=0)
+    # On shutdown, events still queued get this long to go out (program ends of the shutdown included).
+    drain_timeout_s: float = Field(default=5.0, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"the scheduler URL must start with http:// or https://, got {value!r}")
+        return value.rstrip("/")

@@ -1,7 +1,8 @@
 """The streamable HTTP app: ``/mcp`` and ``/p/{program_id}/mcp`` behind a bearer token.
 
 ``create_http_app`` returns a Starlette app whose lifespan runs the SDK's session manager and, on
-shutdown, ends every program. To mount it inside another app (``thunder serve``), enter
+shutdown, ends every program. It also serves ``POST /programs/{program_id}/end`` for a separately running
+scheduler's notifier (``end_route.py``). To mount it inside another app (``thunder serve``), enter
 ``http_lifespan(app)`` in the parent's lifespan: Starlette does not run a mounted app's lifespan.
 """
 
@@ -20,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .auth import BearerAuthMiddleware
 from .binding import SCOPE_STATE_KEY, SESSION_HEADER, session_program_id
 from .config import HttpConfig
+from .end_route import END_PATH, ProgramEndRoute
 from .programs import ProgramRegistry
 from .server import ThunderServer
 
@@ -60,12 +62,18 @@ def create_http_app(server: ThunderServer, http: HttpConfig) -> Starlette:
         finally:
             await server.aclose()
 
+    # Outermost first: authenticate and bind, then watch for closed sessions. Per route: the program-end
+    # route checks its own tokens (the notifier token must not reach the MCP endpoints).
+    mcp_middleware = [
+        Middleware(BearerAuthMiddleware, tokens=tokens),
+        Middleware(SessionEndMiddleware, programs=server.programs),
+    ]
+    end_tokens = (http.token, *((http.notifier_token,) if http.notifier_token else ()))
     return Starlette(
-        routes=[Route(MCP_PATH, endpoint=endpoint), Route(PROGRAM_MCP_PATH, endpoint=endpoint)],
-        # Outermost first: authenticate and bind, then watch for closed sessions.
-        middleware=[
-            Middleware(BearerAuthMiddleware, tokens=tokens),
-            Middleware(SessionEndMiddleware, programs=server.programs),
+        routes=[
+            Route(MCP_PATH, endpoint=endpoint, middleware=mcp_middleware),
+            Route(PROGRAM_MCP_PATH, endpoint=endpoint, middleware=mcp_middleware),
+            Route(END_PATH, endpoint=ProgramEndRoute(server.programs, end_tokens), methods=["POST"]),
         ],
         lifespan=lifespan,
     )

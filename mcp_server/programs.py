@@ -102,6 +102,19 @@ class EndReport:
     processes_killed: int
 
 
+@dataclass(frozen=True, slots=True)
+class EndNotice:
+    """What end listeners hear once a program ended. ``external``: a peer (the scheduler) asked for the end,
+    so it need not be told."""
+
+    program_id: str
+    reason: str
+    external: bool = False
+
+
+EndListener = Callable[[EndNotice], None]
+
+
 class ProgramRegistry:
     def __init__(
         self, manager: EnvManager, config: ServerConfig, *, clock: Callable[[], float] = time.monotonic
@@ -117,6 +130,7 @@ class ProgramRegistry:
         self._closed = False
         # Programs the operator named (program tokens, the default program): any caller may name them.
         self._configured: set[str] = {config.default_program_id} if config.default_program_id else set()
+        self._end_listeners: list[EndListener] = []
 
     # ------------------------------------------------------------------ programs
 
@@ -185,15 +199,26 @@ class ProgramRegistry:
             raise AccessDeniedError(sandbox_id, state.program_id)
         raise SandboxNotFoundError(sandbox_id, "call sandbox_list to see the sandboxes this program holds")
 
-    async def end(self, program_id: str, reason: str) -> EndReport:
+    def add_end_listener(self, listener: EndListener) -> None:
+        """Call ``listener`` (synchronous, must not block) once each program has ended, however it ended."""
+        self._end_listeners.append(listener)
+
+    def has_ended(self, program_id: str) -> bool:
+        """Whether the program ended and is still remembered (see ``ended_programs_remembered``)."""
+        return program_id in self._ended
+
+    def is_ending(self, program_id: str) -> bool:
+        return program_id in self._ending
+
+    async def end(self, program_id: str, reason: str, *, external: bool = False) -> EndReport:
         """Kill the program's commands and drop its leases. Later calls with its id get a clear error.
 
         Runs to completion even if the caller is cancelled (a half-done end would leak containers);
-        concurrent ends of one program share the work.
+        concurrent ends of one program share the work. ``external``: a peer asked for it (see EndNotice).
         """
         task = self._ending.get(program_id)
         if task is None:
-            task = asyncio.ensure_future(self._end(program_id, reason))
+            task = asyncio.ensure_future(self._end(program_id, reason, external))
             self._ending[program_id] = task
             task.add_done_callback(lambda _t: self._ending.pop(program_id, None))
         return await asyncio.shield(task)
@@ -206,22 +231,32 @@ class ProgramRegistry:
         task.add_done_callback(self._protected.discard)
         return await asyncio.shield(task)
 
-    async def _end(self, program_id: str, reason: str) -> EndReport:
-        state = self._programs.pop(program_id, None)
-        self._retire(program_id, reason)
-        killed = 0
-        released = 0
-        if state is not None:
-            state.ended = True
-            running = state.running_processes()
-            killed = len(running)
-            await asyncio.gather(*(p.kill() for p in running), return_exceptions=True)
-            released = len(state.live_leases())
-            state.leases.clear()
-            state.processes.clear()
-        destroyed = await self.manager.end_program(program_id)
+    async def _end(self, program_id: str, reason: str, external: bool) -> EndReport:
+        try:
+            state = self._programs.pop(program_id, None)
+            self._retire(program_id, reason)
+            killed = 0
+            released = 0
+            if state is not None:
+                state.ended = True
+                running = state.running_processes()
+                killed = len(running)
+                await asyncio.gather(*(p.kill() for p in running), return_exceptions=True)
+                released = len(state.live_leases())
+                state.leases.clear()
+                state.processes.clear()
+            destroyed = await self.manager.end_program(program_id)
+        finally:  # also when reclaiming failed: the program is retired either way
+            self._tell_end(EndNotice(program_id, reason, external))
         log.info("program %s ended (%s): %d sandboxes released, %d destroyed", program_id, reason, released, destroyed)
         return EndReport(program_id, released, destroyed, killed)
+
+    def _tell_end(self, notice: EndNotice) -> None:
+        for listener in list(self._end_listeners):
+            try:
+                listener(notice)
+            except Exception:  # a listener must not undo or hide the end
+                log.exception("end listener %r failed for program %s", listener, notice.program_id)
 
     async def reap_idle(self) -> list[str]:
         """End programs that made no call for longer than the idle timeout. Returns their ids."""

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from thunder_sched.config import SchedulerConfig
-from thunder_sched.errors import SchedulerError
+from thunder_sched.errors import BadRequestError, SchedulerError
 from thunder_sched.events import ToolEvent, ToolEventBody
 from thunder_sched.metrics import make_registry
 from thunder_sched.notifier import ProgramEndCallback
@@ -107,7 +107,11 @@ def create_app(
 
     @app.post("/programs/{program_id}/events", status_code=202)
     async def events(program_id: str, event: ToolEventBody) -> dict[str, str]:
-        await scheduler.on_tool_event(ToolEvent(program_id=program_id, **event.model_dump()))
+        if event.program_id is not None and event.program_id != program_id:
+            raise BadRequestError(f"the event names program {event.program_id!r} but was posted to {program_id!r}")
+        await scheduler.on_tool_event(
+            ToolEvent(program_id=program_id, **event.model_dump(exclude={"program_id", "call_id"}))
+        )
         return {"status": "accepted"}
 
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from pydantic import ValidationError
@@ -72,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="POST here when a program ends ('{program_id}' substituted, else /programs/<id>/end)",
     )
+    p.add_argument(
+        "--env-manager-token",
+        default=None,
+        help="bearer token for --env-manager-url (default: $THUNDER_ENV_MANAGER_TOKEN; thunder-mcp's "
+        "--notifier-token or server token)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -96,6 +103,7 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
         backend_refresh_s=args.backend_refresh,
         inactivity_timeout_s=args.inactivity_timeout,
         env_manager_url=args.env_manager_url,
+        env_manager_token=args.env_manager_token or os.environ.get("THUNDER_ENV_MANAGER_TOKEN") or None,
         host_tier_tokens=_tiers(args.host_tier_tokens),
     )
 

@@ -108,6 +108,12 @@ class SchedulerConfig(BaseModel):
         description="POST here when a program ends; '{program_id}' is substituted, "
         "else '/programs/{program_id}/end' is appended",
     )
+    env_manager_token: str | None = Field(
+        None,
+        repr=False,
+        min_length=16,
+        description="bearer token sent with the program-end POST (the env manager's server or notifier token)",
+    )
     host_tier_tokens: dict[str, int] = Field(
         default_factory=dict,
         description="host (CPU) KV tier size in tokens per backend URL, when the backend's /metrics does not tell",

@@ -21,11 +21,18 @@ class ToolEventLike(Protocol):
 
 
 class ToolEventBody(BaseModel):
-    """Body of POST /programs/{id}/events; the program id comes from the path."""
+    """Body of POST /programs/{id}/events; the program id comes from the path.
+
+    It is the env manager's own JSON form of an event (`thunder_env.ToolEvent.to_json()`), so a remote env
+    side posts its events as they are: `program_id`, when present, must name the path's program, and
+    `call_id` is informational.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["tool_start", "tool_end"]
+    program_id: str | None = Field(None, max_length=256, description="if given, the path's program id")
+    call_id: str | None = Field(None, max_length=256, description="the sender's id of the call; informational")
     sandbox_id: str | None = Field(None, max_length=256)
     tool: str | None = Field(None, max_length=256)
     command: str | None = Field(None, max_length=4096, description="the command line the tool runs")

@@ -25,9 +25,10 @@ class ProgramEndNotifier:
     """Runs the injected callback (in-process) or POSTs to the env manager; failures are logged, never lost
     silently, and never block the scheduler. `close()` waits for notifications still under way."""
 
-    def __init__(self, callback: ProgramEndCallback | None, url_template: str | None) -> None:
+    def __init__(self, callback: ProgramEndCallback | None, url_template: str | None, token: str | None = None) -> None:
         self._callback = callback
         self._url = url_template
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.failures = 0
@@ -51,7 +52,7 @@ class ProgramEndNotifier:
             if self._callback is not None:
                 await self._callback(program_id)
             elif self._url is not None and self._client is not None:
-                resp = await self._client.post(end_url(self._url, program_id), timeout=30.0)
+                resp = await self._client.post(end_url(self._url, program_id), headers=self._headers, timeout=30.0)
                 resp.raise_for_status()
         except Exception:  # reported, counted; the program is gone either way
             self.failures += 1

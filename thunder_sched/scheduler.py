@@ -106,7 +106,7 @@ class Scheduler:
         self._clock = clock
         self._programs: dict[str, Program] = {}
         self._terminated: OrderedDict[str, ProgramInfo] = OrderedDict()
-        self._notifier = ProgramEndNotifier(on_program_end, config.env_manager_url)
+        self._notifier = ProgramEndNotifier(on_program_end, config.env_manager_url, config.env_manager_token)
         self._chars_per_token = CharsPerToken(config.default_chars_per_token)
         self._client: httpx.AsyncClient | None = None
         self._tasks: list[asyncio.Task[None]] = []

@@ -193,9 +193,9 @@ class LinkedProgramRegistry(ProgramRegistry):
         self._link = link
         self._now = clock
 
-    async def end(self, program_id: str, reason: str) -> EndReport:
+    async def end(self, program_id: str, reason: str, *, external: bool = False) -> EndReport:
         try:
-            return await super().end(program_id, reason)
+            return await super().end(program_id, reason, external=external)
         finally:
             # Also when the caller is cancelled: the end itself runs on, shielded, and the program is retired.
             self._link.env_ended(program_id)
