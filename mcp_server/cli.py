@@ -195,6 +195,13 @@ async def _serve_http(server: ThunderServer, http: HttpConfig, generated_token: 
     app = create_http_app(server, http)
     config = uvicorn.Config(app, host=http.host, port=http.port, log_level="warning", lifespan="on")
     uvicorn_server = uvicorn.Server(config)
+    # uvicorn re-raises a caught SIGTERM once it stopped, which kills the process before the env manager
+    # closes and queued scheduler posts drain: the signals only ask uvicorn to stop (see _run).
+    uvicorn_server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, lambda: setattr(uvicorn_server, "should_exit", True))
     serving = asyncio.create_task(uvicorn_server.serve())
     while not uvicorn_server.started and not serving.done():  # noqa: ASYNC110 (uvicorn offers only a flag)
         await asyncio.sleep(0.05)
@@ -239,7 +246,7 @@ def main(argv: Sequence[str] | None = None, *, show_claude: bool = False) -> int
 
 def _run(coro: object, *, stdio: bool) -> None:
     """Run the server; over stdio, SIGTERM/SIGINT cancel it so that every program still ends cleanly
-    (uvicorn handles those signals itself over HTTP)."""
+    (over HTTP they stop uvicorn, which ends every program in its lifespan)."""
 
     async def runner() -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[arg-type]

@@ -22,7 +22,9 @@ def events_path(program_id: str) -> str:
 
 
 def release_path(program_id: str) -> str:
-    return f"/programs/{quote(program_id, safe='')}/release"
+    # notify=false: the program ended here already; the scheduler's notifier need not call back (it could
+    # not, once this server has stopped).
+    return f"/programs/{quote(program_id, safe='')}/release?notify=false"
 
 
 class SchedulerLink:

@@ -102,8 +102,9 @@ def create_app(
         return scheduler.program(program_id)
 
     @app.post("/programs/{program_id}/release")
-    async def release(program_id: str) -> ProgramInfo:
-        return scheduler.release(program_id)
+    async def release(program_id: str, notify: bool = True) -> ProgramInfo:
+        # notify=false: the env side ended the program and asks for no program-end notification back.
+        return scheduler.release(program_id, notify=notify)
 
     @app.post("/programs/{program_id}/events", status_code=202)
     async def events(program_id: str, event: ToolEventBody) -> dict[str, str]:

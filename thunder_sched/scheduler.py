@@ -609,15 +609,16 @@ class Scheduler:
 
     # ---- program end -----------------------------------------------------------------------------
 
-    def release(self, program_id: str) -> ProgramInfo:
+    def release(self, program_id: str, *, notify: bool = True) -> ProgramInfo:
+        """End a program. ``notify=False``: its environment side asked and ended it already (no echo)."""
         p = self._programs.get(program_id)
         if p is None:
             raise ProgramNotFoundError(program_id)
-        info = self._terminate(p, "released")
+        info = self._terminate(p, "released", notify=notify)
         self.kick()
         return info
 
-    def _terminate(self, p: Program, reason: str) -> ProgramInfo:
+    def _terminate(self, p: Program, reason: str, *, notify: bool = True) -> ProgramInfo:
         now = self._clock()
         p.previous_backend = p.backend or p.previous_backend
         p.status = Status.TERMINATED
@@ -636,7 +637,7 @@ class Scheduler:
             self._terminated[p.program_id] = info
             while len(self._terminated) > self.config.terminated_history:
                 self._terminated.popitem(last=False)
-        if not p.ephemeral:
+        if not p.ephemeral and notify:
             self._notifier.notify(p.program_id)
         log.info("program %s terminated (%s) after %d steps", p.program_id, reason, p.steps)
         return info

@@ -130,6 +130,7 @@ async def sh(client: Client, sandbox_id: str, command: str, **arguments: Any) ->
 
 TOKEN = "test-token-" + "0123456789abcdef"
 PROGRAM_TOKEN = "program-token-" + "0123456789abcdef"
+NOTIFIER_TOKEN = "notifier-token-" + "0123456789abcdef"
 
 
 @dataclass
@@ -156,9 +157,9 @@ async def _owning(http: httpx2.AsyncClient, transport: Any) -> AsyncIterator[Any
 
 @pytest.fixture
 async def http_target(make_server: ServerFactory) -> AsyncIterator[HttpTarget]:
-    """The HTTP app under uvicorn on a free loopback port, with one server token and one program token."""
+    """The HTTP app under uvicorn on a free loopback port, with a server, a program and a notifier token."""
     server = await make_server(default_program_id=None)
-    http = HttpConfig(port=0, token=TOKEN, program_tokens={PROGRAM_TOKEN: "prog-tok"})
+    http = HttpConfig(port=0, token=TOKEN, program_tokens={PROGRAM_TOKEN: "prog-tok"}, notifier_token=NOTIFIER_TOKEN)
     config = uvicorn.Config(create_http_app(server, http), host="127.0.0.1", port=0, log_level="warning")
     uvicorn_server = uvicorn.Server(config)
     serving = asyncio.create_task(uvicorn_server.serve())

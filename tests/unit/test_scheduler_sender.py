@@ -156,7 +156,8 @@ async def test_close_waits_for_queued_posts_then_drops_the_rest() -> None:
 
 async def test_env_events_and_ends_reach_the_real_scheduler_app() -> None:
     """The env manager's own event JSON is what the scheduler's endpoint takes; ends become releases."""
-    async with proxy({A: FakeVllm()}) as (client, _, _sched):
+    ends: list[str] = []  # the scheduler's program-end notifications (to the env side)
+    async with proxy({A: FakeVllm()}, ends=ends) as (client, _, _sched):
         await client.post("/v1/chat/completions", json=chat("x", program_id="run-1"))
         transport = client._transport  # the scheduler app behind httpx.ASGITransport
         async with PostSender(config(), transport=transport) as sender:
@@ -176,7 +177,13 @@ async def test_env_events_and_ends_reach_the_real_scheduler_app() -> None:
             await sender.flush()
             info = (await client.get("/programs/run-1")).json()
             assert info["status"] == "terminated" and info["terminated_reason"] == "released"
+            await asyncio.sleep(0.05)  # the notifier runs in its own task
+            assert ends == []  # ended on the env side already: no notification echoed back
         assert sender.stats.sent == 3 and sender.stats.rejected == 0
+        await client.post("/v1/chat/completions", json=chat("x", program_id="run-2"))
+        assert (await client.post("/programs/run-2/release")).status_code == 200
+        await asyncio.sleep(0.05)
+        assert ends == ["run-2"]  # a release by anyone else is notified
         mismatched = {**ToolEvent("tool_start", "other", None, "exec", "c2", 3.0).to_json()}
         response = await client.post("/programs/run-1/events", json=mismatched)
         assert response.status_code == 400 and "other" in response.text
