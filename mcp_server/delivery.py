@@ -119,6 +119,9 @@ class PostSender:
             post = await self._queue.get()
             try:
                 await self._deliver(post)
+            except asyncio.CancelledError:  # closed while this one was in flight
+                self.stats.dropped_failed += 1
+                raise
             except Exception:  # the sender must outlive any one post
                 log.exception("delivering %s to the scheduler failed", post.path)
             finally:

@@ -12,11 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import pytest
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from mcp_server.cli import build_parser, configs_from_args, scheduler_link_from_args
 from mcp_server.config import SchedulerLinkConfig
 from mcp_server.delivery import Post, PostSender
 from mcp_server.programs import EndNotice
@@ -151,7 +154,7 @@ async def test_close_waits_for_queued_posts_then_drops_the_rest() -> None:
         for n in range(3):
             sender.submit(Post("/programs/p/events", {"n": n}))
         await stuck.arrived.wait()
-    assert sender.stats.dropped_failed == 2 and stuck.received == []  # one was in flight, cancelled
+    assert sender.stats.dropped_failed == 3 and stuck.received == []  # two queued, one in flight
 
 
 async def test_env_events_and_ends_reach_the_real_scheduler_app() -> None:
@@ -187,3 +190,23 @@ async def test_env_events_and_ends_reach_the_real_scheduler_app() -> None:
         mismatched = {**ToolEvent("tool_start", "other", None, "exec", "c2", 3.0).to_json()}
         response = await client.post("/programs/run-1/events", json=mismatched)
         assert response.status_code == 400 and "other" in response.text
+
+
+def test_cli_flags_of_the_scheduler_coupling() -> None:
+    def parse(*argv: str) -> Any:
+        return build_parser().parse_args(list(argv))
+
+    assert scheduler_link_from_args(parse(), {"THUNDER_SCHEDULER_TOKEN": "x"}) is None
+    link = scheduler_link_from_args(parse("--scheduler-url", "http://s:8300/"), {"THUNDER_SCHEDULER_TOKEN": "tok"})
+    assert link is not None and link.url == "http://s:8300" and link.token == "tok"
+    assert "tok" not in repr(link)
+    with pytest.raises(ValueError, match="--scheduler-url"):
+        scheduler_link_from_args(parse("--scheduler-token", "t"), {})
+    with pytest.raises(ValidationError, match="http"):
+        scheduler_link_from_args(parse("--scheduler-url", "s:8300"), {})
+    _, _, http, _ = configs_from_args(parse("--http", "--token", "s" * 20), {"THUNDER_NOTIFIER_TOKEN": "n" * 20})
+    assert http is not None and http.notifier_token == "n" * 20
+    with pytest.raises(ValidationError, match="notifier token must differ"):
+        configs_from_args(parse("--http", "--token", "s" * 20, "--notifier-token", "s" * 20), {})
+    with pytest.raises(ValueError, match="--http"):
+        configs_from_args(parse("--notifier-token", "n" * 20), {})
