@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mcp_server import ProgramRegistry, ServerConfig
-from mcp_server.programs import EndReport
 from thunder_env import ThunderError
 from thunder_sched.errors import ProgramNotFoundError
 from thunder_sched.policy import Status
@@ -61,6 +60,7 @@ class ProgramLink:
 
     def attach(self, registry: ProgramRegistry) -> None:
         self._registry = registry
+        registry.add_end_listener(lambda notice: self.env_ended(notice.program_id))
         self.scheduler.add_restore_listener(self.on_restore)
 
     @property
@@ -178,8 +178,9 @@ def queue_head(scheduler: Scheduler, count: int) -> list[str]:
 
 
 class LinkedProgramRegistry(ProgramRegistry):
-    """The MCP program registry of the combined server: every end is reported to the link, and programs the
-    scheduler tracks are left to its inactivity timer (it sees both their LLM requests and tool events)."""
+    """The MCP program registry of the combined server: programs the scheduler tracks are left to its inactivity
+    timer (it sees both their LLM requests and tool events). Ends reach the link through the registry's end
+    listener (`ProgramLink.attach`)."""
 
     def __init__(
         self,
@@ -192,13 +193,6 @@ class LinkedProgramRegistry(ProgramRegistry):
         super().__init__(manager, config, clock=clock)
         self._link = link
         self._now = clock
-
-    async def end(self, program_id: str, reason: str, *, external: bool = False) -> EndReport:
-        try:
-            return await super().end(program_id, reason, external=external)
-        finally:
-            # Also when the caller is cancelled: the end itself runs on, shielded, and the program is retired.
-            self._link.env_ended(program_id)
 
     async def reap_idle(self) -> list[str]:
         now = self._now()
