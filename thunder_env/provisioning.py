@@ -57,6 +57,10 @@ class ProvisioningMixin:
     def _init_provisioning(self) -> None:
         config = self.config
         self._snapshots = SnapshotStore(self.backend, self.labels, self._clock)
+        # Every sandbox id this manager created a container for and still answers for (adopted, warm,
+        # prepared, half-started): added before the engine call, dropped once its removal was attempted.
+        # The health check removes this instance's containers that are in no such hand (see check_health).
+        self._in_hand: set[str] = set()
         self._templates = TemplateBuilder(
             self.backend,
             self._snapshots,
@@ -300,6 +304,7 @@ class ProvisioningMixin:
         # Shielded: a create request cut off by a cancellation still completes inside the engine, so
         # removing at once could run before the container exists. Let it answer, then remove.
         launch = self._with_disk_limit(launch)
+        self._in_hand.add(sandbox_id)  # before the engine call: a create in flight is never judged orphaned
         creating = asyncio.ensure_future(
             self.backend.create(sandbox_id, launch, self.labels(label_program, sandbox_id))
         )
@@ -322,6 +327,8 @@ class ProvisioningMixin:
         try:
             await self.backend.destroy(sandbox_id)
         finally:
+            # Removed or not, nobody holds it any more: a container left behind is the health check's.
+            self._in_hand.discard(sandbox_id)
             await self._snapshots.drop_holder(SANDBOX_HOLDER + sandbox_id)
 
     async def _start_forks(self, snapshot: Snapshot, program_id: str, n: int) -> list[BackendSandbox]:
