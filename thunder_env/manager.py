@@ -107,6 +107,9 @@ class EnvManager(ProvisioningMixin):
         self._checking: asyncio.Task[list[str]] | None = None
         # Sandboxes removed since the last health check: a container of one still listed is removed again.
         self._retired: set[str] = set()
+        # Sandboxes never handed to a program (half-started, warm, prepared) whose removal failed:
+        # retried by the health check and by close(), never forgotten.
+        self._unremoved: set[str] = set()
         self._closed = False
         self._starting: set[asyncio.Future[None]] = set()  # acquires and forks in flight: close() waits
         self._init_provisioning()
@@ -158,7 +161,8 @@ class EnvManager(ProvisioningMixin):
                 sandbox.retry_task.cancel()
                 sandbox.retry_task = None
         await asyncio.gather(*(self._destroy(sb) for sb in remaining), return_exceptions=True)
-        left = sorted(sb.sandbox_id for sb in self._sandboxes.values())
+        await self._remove_unremoved()
+        left = sorted({sb.sandbox_id for sb in self._sandboxes.values()} | self._unremoved)
         if left:
             raise SandboxesNotDestroyedError(left, "the engine failed or did not answer")
 
@@ -622,6 +626,26 @@ class EnvManager(ProvisioningMixin):
                 f"{self.config.engine_timeout_s:g} s; check that dockerd answers (`docker ps`)"
             ) from exc
 
+    async def _remove_unremoved(self) -> None:
+        """Retry the removals that failed outside a tracked sandbox: half-started sandboxes, and what
+        the backend made beside sandboxes (a program's network). Kept and logged while they fail."""
+        for sandbox_id in sorted(self._unremoved):
+            try:
+                await self._remove_container(sandbox_id)  # by sandbox id: its host directory goes too
+            except Exception as exc:  # kept: the next health check or close() tries again
+                log.warning("sandbox %s could not be removed again: %s", sandbox_id, exc)
+                continue
+            self._unremoved.discard(sandbox_id)
+        try:
+            async with asyncio.timeout(self.config.engine_timeout_s):
+                left = await self.backend.retry_removals()
+        except Exception as exc:
+            log.warning("removals the engine refused earlier failed again: %s", exc)
+            return
+        if left:
+            log.warning("the engine still refuses to remove %s; retried later (reconcile removes them otherwise)",
+                        ", ".join(left))
+
     def _destroy_failed(self, sandbox: _Sandbox, why: str) -> None:
         sandbox.state = "destroy_failed"
         sandbox.destroy_attempts += 1
@@ -694,6 +718,7 @@ class EnvManager(ProvisioningMixin):
                     log.warning("could not remove container %s: %s", leftover.resource_id[:12], exc)
                     continue
             self._retired.discard(sandbox_id)
+        await self._remove_unremoved()
         dead: list[_Sandbox] = []
         for sandbox in list(self._sandboxes.values()):
             if sandbox.state not in ("ready", "lingering") or sandbox.created_at >= since:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import Callable, Coroutine
@@ -30,6 +31,8 @@ from .snapshots import DiskBudgetExceededError, Snapshot, SnapshotStore, plan_gc
 from .spec import SandboxSpec
 from .templates import TemplateBuilder
 
+log = logging.getLogger(__name__)
+
 POOL_PROGRAM = "pool"  # thunder.program label of warm sandboxes: their owner is known only on handout
 SANDBOX_HOLDER = "sandbox:"
 PROGRAM_HOLDER = "program:"
@@ -46,6 +49,7 @@ class ProvisioningMixin:
         _sandboxes: dict[str, Any]
         _storage_path: str | None
         _closed: bool
+        _unremoved: set[str]
 
         def labels(self, program_id: str, sandbox_id: str) -> dict[str, str]: ...
         def _checked(self, lease: Lease) -> Any: ...
@@ -318,9 +322,15 @@ class ProvisioningMixin:
         await self._discard_sandbox(sandbox_id)
 
     async def _discard_sandbox(self, sandbox_id: str) -> None:
-        """Destroy a sandbox the manager never adopted (warm, prepared, half-started)."""
+        """Destroy a sandbox the manager never adopted (warm, prepared, half-started). A failed removal
+        is remembered and retried (health check, close()), and never hides the caller's own error."""
         try:
             await self.backend.destroy(sandbox_id)
+        except BaseException as exc:
+            self._unremoved.add(sandbox_id)
+            if not isinstance(exc, Exception):
+                raise  # a cancel
+            log.warning("sandbox %s could not be removed (%s); it is retried", sandbox_id, exc)
         finally:
             await self._snapshots.drop_holder(SANDBOX_HOLDER + sandbox_id)
 

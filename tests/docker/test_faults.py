@@ -254,3 +254,33 @@ async def test_long_engine_execs_do_not_starve_control_calls(base_spec: SandboxS
 async def _commands_running(backend: DockerBackend, lease: Lease, count: int) -> bool:
     listed = await backend.client.containers.container("thunder-" + lease.sandbox_id).top()
     return sum(1 for row in listed["Processes"] if "sleep 60" in row[-1]) >= count
+
+
+async def test_a_failed_acquire_whose_cleanup_fails_is_removed_later_not_forgotten(
+    make_faulty: Factory, faults: FaultyBackend, backend: DockerBackend, base_spec: SandboxSpec
+) -> None:
+    # Found by the chaos benchmark: the engine made the container but its answer was lost, and the
+    # removal of that half-started sandbox failed too; nobody tracked it, so it ran until a reconcile.
+    manager = await make_faulty(health_interval_s=None)
+    faults.fail("create", BackendError("Docker Engine error 500: answer lost"), after=True, times=1)
+    faults.fail("destroy", BackendError("Docker Engine error 500: driver failed"), times=1)
+    with pytest.raises(BackendError, match="answer lost"):
+        await manager.acquire("p", base_spec)
+    [left] = await leftovers(backend, manager.config.namespace)  # still there: its removal failed
+    assert left.startswith("container")
+    await manager.check_health()  # the health check retries it
+    assert await leftovers(backend, manager.config.namespace) == []
+    assert not (backend.agent_run_dir / manager.config.namespace).exists(), "its host directory leaked"
+
+
+async def test_close_removes_a_half_started_sandbox_whose_cleanup_failed(
+    make_faulty: Factory, faults: FaultyBackend, backend: DockerBackend, base_spec: SandboxSpec
+) -> None:
+    manager = await make_faulty(health_interval_s=None)
+    faults.fail("create", BackendError("Docker Engine error 500: answer lost"), after=True, times=1)
+    faults.fail("destroy", BackendError("Docker Engine error 500: driver failed"), times=1)
+    with pytest.raises(BackendError, match="answer lost"):
+        await manager.acquire("p", base_spec)
+    await manager.close()
+    assert await leftovers(backend, manager.config.namespace) == []
+    assert not (backend.agent_run_dir / manager.config.namespace).exists(), "its host directory leaked"

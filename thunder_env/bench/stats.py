@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 
 
 def p50_ms(samples_s: list[float]) -> float:
@@ -14,3 +15,8 @@ def p95_ms(samples_s: list[float]) -> float:
         return float("nan")
     ordered = sorted(samples_s)
     return round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000, 2)
+
+
+def count_entries(directory: Path) -> int:
+    """Host directories (exec agent sockets) of a run still present."""
+    return len(list(directory.iterdir())) if directory.exists() else 0
