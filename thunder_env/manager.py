@@ -627,8 +627,9 @@ class EnvManager(ProvisioningMixin):
             ) from exc
 
     async def _remove_unremoved(self) -> None:
-        """Retry the removals that failed outside a tracked sandbox: half-started sandboxes, and what
-        the backend made beside sandboxes (a program's network). Kept and logged while they fail."""
+        """Retry the removals that failed outside a tracked sandbox: half-started sandboxes, images of
+        failed snapshots, and what the backend made beside sandboxes (a program's network). Kept and
+        logged while they fail."""
         for sandbox_id in sorted(self._unremoved):
             try:
                 await self._remove_container(sandbox_id)  # by sandbox id: its host directory goes too
@@ -636,6 +637,7 @@ class EnvManager(ProvisioningMixin):
                 log.warning("sandbox %s could not be removed again: %s", sandbox_id, exc)
                 continue
             self._unremoved.discard(sandbox_id)
+        await self._snapshots.retry_orphans()
         try:
             async with asyncio.timeout(self.config.engine_timeout_s):
                 left = await self.backend.retry_removals()

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -155,6 +155,44 @@ class Tally:
         self.crashes.append(f"event loop: {context.get('message')} {exc!r}")
 
 
+class NetworkGate:
+    """Keeps network creation and removal out of the dockerd restart window.
+
+    dockerd 20.10 can write a half network to its store when a network is created as it shuts down,
+    and then panics at every start (libnetwork reservePools): the engine would stay down for everyone
+    on the host. Lifecycles on an internal network hold the gate shared; the restart holds it alone.
+    """
+
+    def __init__(self) -> None:
+        self._users = 0
+        self._closed = False
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self._closed)
+            self._users += 1
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._users -= 1
+                self._changed.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def alone(self) -> AsyncIterator[None]:
+        async with self._changed:
+            self._closed = True
+            await self._changed.wait_for(lambda: self._users == 0)
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._closed = False
+                self._changed.notify_all()
+
+
 def inject_engine_faults(backend: FaultyBackend, rng: random.Random, scale: float) -> dict[str, Any]:
     """Arm every kind of engine fault at its rate; returns the faults by kind (their counters)."""
     armed = {}
@@ -198,13 +236,18 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         manager = EnvManager(faulty, config)  # type: ignore[arg-type]
         await manager.start()
         limit = asyncio.Semaphore(args.concurrency)
+        gate = NetworkGate()
         finished = 0
         reached: dict[int, asyncio.Event] = {kill_at: asyncio.Event(), restart_at: asyncio.Event()}
 
         async def lifecycle(plan: LifecyclePlan) -> None:
             nonlocal finished
             async with limit:
-                await _lifecycle(manager, args.image, plan, tally, ports)
+                if plan.network == "internal":
+                    async with gate.shared():
+                        await _lifecycle(manager, args.image, plan, tally, ports)
+                else:
+                    await _lifecycle(manager, args.image, plan, tally, ports)
             finished += 1
             if finished in reached:
                 reached[finished].set()
@@ -214,7 +257,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             extra.update(await _kill_and_reconcile(real, namespace, args, tally, ports))
             if not args.no_dockerd_restart:
                 await reached[restart_at].wait()
-                extra.update(await _restart_under_load(manager, args.image, tally))
+                async with gate.alone():
+                    extra.update(await _restart_under_load(manager, args.image, tally))
 
         await asyncio.gather(disruptions(), *(lifecycle(plan) for plan in plans))
         tracked = len(manager.sandboxes())
