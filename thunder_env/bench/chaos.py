@@ -37,6 +37,7 @@ import psutil
 
 from .. import EnvManager, ManagerConfig, SandboxSpec
 from ..docker import DockerBackend
+from ..docker.agent_support import OWNER_SUFFIX
 from ..errors import BackendError, ThunderError
 from ..events import SandboxEvent
 from ..leases import Lease
@@ -510,7 +511,7 @@ async def _sweep(backend: DockerBackend, namespace: str) -> None:
             print(f"chaos: could not sweep {resource.kind} {resource.resource_id[:12]}: {exc}", file=sys.stderr)
     run_dir = backend.agent_run_dir / namespace
     names = await asyncio.to_thread(lambda: sorted(p.name for p in run_dir.iterdir()) if run_dir.exists() else [])
-    for sandbox_id in sorted({name.removesuffix(".owner") for name in names}):
+    for sandbox_id in sorted({name.removesuffix(OWNER_SUFFIX) for name in names}):
         with contextlib.suppress(BackendError):
             await backend.destroy(sandbox_id)  # unmounts its tmpfs and removes its directory
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from ..docker.agent_support import OWNER_SUFFIX
+
 
 def p50_ms(samples_s: list[float]) -> float:
     return round(statistics.median(samples_s) * 1000, 2) if samples_s else float("nan")
@@ -18,5 +20,7 @@ def p95_ms(samples_s: list[float]) -> float:
 
 
 def count_entries(directory: Path) -> int:
-    """Host directories (exec agent sockets) of a run still present."""
-    return len(list(directory.iterdir())) if directory.exists() else 0
+    """Sandboxes of a run whose host directory (exec agent socket) or its owner file is still present."""
+    if not directory.exists():
+        return 0
+    return len({entry.name.removesuffix(OWNER_SUFFIX) for entry in directory.iterdir()})
