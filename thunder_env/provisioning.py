@@ -56,6 +56,7 @@ class ProvisioningMixin:
         def _starting_sandbox(self) -> contextlib.AbstractContextManager[None]: ...
         async def _adopt(self, program_id: str, spec: SandboxSpec, handle: BackendSandbox, origin: str) -> Lease: ...
         async def _destroy(self, sandbox: Any) -> None: ...
+        async def _remove_container(self, sandbox_id: str) -> None: ...
         def _tool_call(self, lease: Lease, sandbox: Any, tool: str) -> contextlib.AbstractAsyncContextManager[Any]: ...
 
     def _init_provisioning(self) -> None:
@@ -325,7 +326,7 @@ class ProvisioningMixin:
         """Destroy a sandbox the manager never adopted (warm, prepared, half-started). A failed removal
         is remembered and retried (health check, close()), and never hides the caller's own error."""
         try:
-            await self.backend.destroy(sandbox_id)
+            await self._remove_container(sandbox_id)  # within engine_timeout_s: a hung engine is reported
         except BaseException as exc:
             self._unremoved.add(sandbox_id)
             if not isinstance(exc, Exception):

@@ -313,3 +313,18 @@ async def test_close_removes_the_image_of_a_failed_snapshot(
         await manager.snapshot(lease)
     await manager.close()
     assert await leftovers(backend, manager.config.namespace) == []
+
+
+async def test_a_hung_engine_does_not_block_a_failed_acquire_forever(
+    make_faulty: Factory, faults: FaultyBackend, backend: DockerBackend, base_spec: SandboxSpec
+) -> None:
+    # Found by the chaos benchmark: the removal of a half-started sandbox had no time limit, so a
+    # cancelled or failed acquire (and close() after it) waited on a hung engine forever.
+    manager = await make_faulty(health_interval_s=None, engine_timeout_s=1.0)
+    faults.fail("create", BackendError("Docker Engine error 500: answer lost"), after=True, times=1)
+    faults.hang("destroy", times=1)
+    async with asyncio.timeout(60):  # a guard against hanging forever, not a speed check
+        with pytest.raises(BackendError, match="answer lost"):
+            await manager.acquire("p", base_spec)
+    await manager.check_health()  # the engine answers again: the removal is retried
+    assert await leftovers(backend, manager.config.namespace) == []
