@@ -48,6 +48,7 @@ Ending = Literal["clean", "mid_call", "abandoned"]
 SnapshotPlan = Literal["none", "fork", "cancelled"]
 ENSURE_SYSTEM = Path(__file__).resolve().parents[2] / "scripts" / "ensure-system.sh"
 DOCKERD_STOP_S = 60.0
+LIFECYCLE_LIMIT_S = 300.0  # a lifecycle still running after this long hung somewhere: counted as stuck
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +136,7 @@ class Tally:
         self.faults: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.crashes: list[str] = []
+        self.stuck: list[str] = []  # lifecycles past LIFECYCLE_LIMIT_S (a call that never returned)
 
     async def call(self, what: Awaitable[Any]) -> Any:
         """Await a manager call; a typed error is counted and returns None, anything else is a crash."""
@@ -244,11 +246,15 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         async def lifecycle(plan: LifecyclePlan) -> None:
             nonlocal finished
             async with limit:
-                if plan.network == "internal":
-                    async with gate.shared():
-                        await _lifecycle(manager, args.image, plan, tally, ports)
-                else:
-                    await _lifecycle(manager, args.image, plan, tally, ports)
+                try:
+                    async with asyncio.timeout(LIFECYCLE_LIMIT_S):  # a hang is a finding, not the end of the run
+                        if plan.network == "internal":
+                            async with gate.shared():
+                                await _lifecycle(manager, args.image, plan, tally, ports)
+                        else:
+                            await _lifecycle(manager, args.image, plan, tally, ports)
+                except TimeoutError:
+                    tally.stuck.append(f"chaos-{plan.index}")
             finished += 1
             if finished in reached:
                 reached[finished].set()
@@ -283,6 +289,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "faults_injected": dict(sorted(tally.faults.items())),
         **leaks,
         "server_crashes": len(tally.crashes),
+        "stuck_lifecycles": len(tally.stuck),
         "tracked_at_end": tracked,
         "tracked_after_close": tracked_after_close,
         "typed_errors": dict(sorted(tally.errors.items())),
