@@ -23,6 +23,6 @@ async def test_a_tiny_chaos_run_leaks_nothing_and_crashes_nothing() -> None:
     result = await figures
     leaks = {key: value for key, value in result.items() if key.startswith("leaked_")}
     assert leaks == dict.fromkeys(leaks, 0) and len(leaks) == 5, result
-    assert result["server_crashes"] == 0, result.get("crash_samples")
+    assert result["server_crashes"] == 0 and result["stuck_lifecycles"] == 0, result.get("crash_samples")
     assert result["lifecycles"] == 6 and result["faults_injected"]["manager_sigkill"] == 1  # type: ignore[index]
     assert result["worker_left"] > 0 and result["worker_left_after_reconcile"] == 0, result  # type: ignore[operator]
