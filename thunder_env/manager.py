@@ -107,6 +107,9 @@ class EnvManager(ProvisioningMixin):
         self._checking: asyncio.Task[list[str]] | None = None
         self.orphans_removed = 0  # containers the health check found nobody here holds, and removed
         self.orphan_report = ReconcileReport()  # the last health check's removals and failures
+        # Sandboxes never handed to a program (half-started, warm, prepared) whose removal failed:
+        # retried by the health check and by close(), never forgotten.
+        self._unremoved: set[str] = set()
         self._closed = False
         self._starting: set[asyncio.Future[None]] = set()  # acquires and forks in flight: close() waits
         self._init_provisioning()
@@ -158,7 +161,8 @@ class EnvManager(ProvisioningMixin):
                 sandbox.retry_task.cancel()
                 sandbox.retry_task = None
         await asyncio.gather(*(self._destroy(sb) for sb in remaining), return_exceptions=True)
-        left = sorted(sb.sandbox_id for sb in self._sandboxes.values())
+        await self._remove_unremoved()
+        left = sorted({sb.sandbox_id for sb in self._sandboxes.values()} | self._unremoved)
         if left:
             raise SandboxesNotDestroyedError(left, "the engine failed or did not answer")
 
@@ -621,6 +625,28 @@ class EnvManager(ProvisioningMixin):
                 f"{self.config.engine_timeout_s:g} s; check that dockerd answers (`docker ps`)"
             ) from exc
 
+    async def _remove_unremoved(self) -> None:
+        """Retry the removals that failed outside a tracked sandbox: half-started sandboxes, images of
+        failed snapshots, and what the backend made beside sandboxes (a program's network). Kept and
+        logged while they fail."""
+        for sandbox_id in sorted(self._unremoved):
+            try:
+                await self._remove_container(sandbox_id)  # by sandbox id: its host directory goes too
+            except Exception as exc:  # kept: the next health check or close() tries again
+                log.warning("sandbox %s could not be removed again: %s", sandbox_id, exc)
+                continue
+            self._unremoved.discard(sandbox_id)
+        await self._snapshots.retry_orphans()
+        try:
+            async with asyncio.timeout(self.config.engine_timeout_s):
+                left = await self.backend.retry_removals()
+        except Exception as exc:
+            log.warning("removals the engine refused earlier failed again: %s", exc)
+            return
+        if left:
+            log.warning("the engine still refuses to remove %s; retried later (reconcile removes them otherwise)",
+                        ", ".join(left))
+
     def _destroy_failed(self, sandbox: _Sandbox, why: str) -> None:
         sandbox.state = "destroy_failed"
         sandbox.destroy_attempts += 1
@@ -683,7 +709,9 @@ class EnvManager(ProvisioningMixin):
                 f"the container engine did not list containers within {self.config.engine_timeout_s:g} s"
             ) from exc
         containers = {r.labels.get("thunder.sandbox", ""): r for r in found if r.kind == "container"}
-        self.orphan_report = await self._remove_orphans(containers)
+        retried = set(self._unremoved)
+        await self._remove_unremoved()  # first: what failed to go is retried by its own path
+        self.orphan_report = await self._remove_orphans(containers, retried)
         dead: list[_Sandbox] = []
         for sandbox in list(self._sandboxes.values()):
             if sandbox.state not in ("ready", "lingering") or sandbox.created_at >= since:
@@ -697,7 +725,9 @@ class EnvManager(ProvisioningMixin):
             await self._sandbox_died(sandbox, reason)
         return [sb.sandbox_id for sb in dead]
 
-    async def _remove_orphans(self, containers: Mapping[str, ManagedResource]) -> ReconcileReport:
+    async def _remove_orphans(
+        self, containers: Mapping[str, ManagedResource], retried: set[str] = frozenset()  # type: ignore[assignment]
+    ) -> ReconcileReport:
         """Remove containers of this instance that are no sandbox, pool member, preparation or template
         build of this manager: a destroy the engine did not do, a create whose answer was lost and whose
         cleanup failed. A create in flight is safe: its id is in hand before the engine call."""
@@ -705,6 +735,8 @@ class EnvManager(ProvisioningMixin):
         for sandbox_id, container in containers.items():
             # Judged now, not when the list was taken: no await between this test and the removal.
             if not sandbox_id or sandbox_id in self._sandboxes or sandbox_id in self._in_hand:
+                continue
+            if sandbox_id in retried or sandbox_id in self._unremoved:  # retried by _remove_unremoved
                 continue
             if sandbox_id in self._templates.build_ids:
                 continue
