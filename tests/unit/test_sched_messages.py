@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -18,6 +19,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from tests.unit.test_sched_proxy import A, FakeVllm, chat, proxy
+from thunder_sched.app import create_app
 from thunder_sched.cli import parse_model_aliases
 from thunder_sched.config import PolicyConfig, SchedulerConfig
 from thunder_sched.sse import MessagesUsageTracker, parse_messages_usage
@@ -369,3 +371,51 @@ async def test_programs_with_the_same_system_field_share_a_prefix() -> None:
         await client.post("/v1/messages", json=message("q" * 40, system="other " * 40, program_id="p3"))
         keys = {pid: sched._programs[pid].prefix_key for pid in ("p1", "p2", "p3")}
         assert keys["p1"] is not None and keys["p1"] == keys["p2"] != keys["p3"]
+
+
+class _BreaksAfterStart(httpx.AsyncByteStream):
+    """A Messages stream whose connection drops after `message_start` and one delta."""
+
+    def __init__(self, first: bytes) -> None:
+        self._first = first
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self._first
+        raise httpx.ReadError("connection reset by peer")
+
+
+class _BreakingTransport(httpx.AsyncBaseTransport):
+    """The fake for everything, except that /v1/messages streams break mid-way (a fault-injecting wrapper)."""
+
+    def __init__(self, fake: FakeMessagesVllm) -> None:
+        self._inner = httpx.ASGITransport(app=fake.app())
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path != "/v1/messages":
+            return await self._inner.handle_async_request(request)
+        start = {"type": "message_start", "message": {"usage": {"input_tokens": 50, "output_tokens": 0}}}
+        delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "a"}}
+        first = _event("message_start", start) + _event("content_block_delta", delta)
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=_BreaksAfterStart(first))
+
+
+async def test_a_broken_stream_ends_with_an_anthropic_error_event_and_an_estimated_context() -> None:
+    config = SchedulerConfig(backends=(A,), interval_s=0.05, tokenize_first_request=False)
+    app = create_app(config, transport=_BreakingTransport(FakeMessagesVllm()))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://proxy") as client:
+            r = await client.post("/v1/messages", json=message("b" * 400, stream=True, program_id="broken"))
+            assert r.status_code == 200  # the stream had started
+            name, data = sse_last(r.text)
+            assert name == "error" and data["type"] == "error" and data["error"]["type"] == "api_error"
+            assert "failed mid-stream" in data["error"]["message"]
+            info = (await client.get("/programs/broken")).json()
+            # No message_delta: the context is the prompt estimate plus one token per streamed delta.
+            assert not info["tokens_exact"] and info["tokens"] == 100 + 1
+            assert info["held"] == 0 and info["steps"] == 0 and info["phase"] == "acting"
+
+
+def sse_last(text: str) -> tuple[str, dict[str, Any]]:
+    block = text.strip().split("\n\n")[-1]
+    lines = dict(line.split(": ", 1) for line in block.splitlines())
+    return lines["event"], json.loads(lines["data"])
