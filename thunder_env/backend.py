@@ -58,6 +58,10 @@ class SandboxLifecycle(Protocol):
 
     async def remove_managed(self, resource: ManagedResource) -> None: ...
 
+    async def retry_removals(self) -> list[str]:
+        """Remove again what the backend made beside sandboxes (networks) and failed to remove once
+        nothing used it; returns what is still left."""
+
     async def storage_path(self) -> str | None:
         """Host path under which the engine stores sandbox disks, if it is on this host."""
 

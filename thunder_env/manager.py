@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from . import files
-from .backend import BackendSandbox, ExecRequest, SandboxBackend
+from .backend import BackendSandbox, ExecRequest, ManagedResource, SandboxBackend
 from .config import ManagerConfig
 from .errors import (
     EngineStuckError,
@@ -105,8 +105,11 @@ class EnvManager(ProvisioningMixin):
         self._reaping: asyncio.Task[list[str]] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._checking: asyncio.Task[list[str]] | None = None
-        # Sandboxes removed since the last health check: a container of one still listed is removed again.
-        self._retired: set[str] = set()
+        self.orphans_removed = 0  # containers the health check found nobody here holds, and removed
+        self.orphan_report = ReconcileReport()  # the last health check's removals and failures
+        # Sandboxes never handed to a program (half-started, warm, prepared) whose removal failed:
+        # retried by the health check and by close(), never forgotten.
+        self._unremoved: set[str] = set()
         self._closed = False
         self._starting: set[asyncio.Future[None]] = set()  # acquires and forks in flight: close() waits
         self._init_provisioning()
@@ -158,7 +161,8 @@ class EnvManager(ProvisioningMixin):
                 sandbox.retry_task.cancel()
                 sandbox.retry_task = None
         await asyncio.gather(*(self._destroy(sb) for sb in remaining), return_exceptions=True)
-        left = sorted(sb.sandbox_id for sb in self._sandboxes.values())
+        await self._remove_unremoved()
+        left = sorted({sb.sandbox_id for sb in self._sandboxes.values()} | self._unremoved)
         if left:
             raise SandboxesNotDestroyedError(left, "the engine failed or did not answer")
 
@@ -606,8 +610,7 @@ class EnvManager(ProvisioningMixin):
             self._destroy_failed(sandbox, str(exc))
             return
         self._sandboxes.pop(sandbox.sandbox_id, None)
-        if self._watcher is not None:
-            self._retired.add(sandbox.sandbox_id)
+        self._in_hand.discard(sandbox.sandbox_id)
         sandbox.gone.set()
         # Only once the container is gone: the engine keeps a snapshot's image while a container uses it.
         await self._provisioning_sandbox_gone(sandbox.sandbox_id)
@@ -621,6 +624,28 @@ class EnvManager(ProvisioningMixin):
                 f"the container engine did not remove sandbox {sandbox_id} within "
                 f"{self.config.engine_timeout_s:g} s; check that dockerd answers (`docker ps`)"
             ) from exc
+
+    async def _remove_unremoved(self) -> None:
+        """Retry the removals that failed outside a tracked sandbox: half-started sandboxes, images of
+        failed snapshots, and what the backend made beside sandboxes (a program's network). Kept and
+        logged while they fail."""
+        for sandbox_id in sorted(self._unremoved):
+            try:
+                await self._remove_container(sandbox_id)  # by sandbox id: its host directory goes too
+            except Exception as exc:  # kept: the next health check or close() tries again
+                log.warning("sandbox %s could not be removed again: %s", sandbox_id, exc)
+                continue
+            self._unremoved.discard(sandbox_id)
+        await self._snapshots.retry_orphans()
+        try:
+            async with asyncio.timeout(self.config.engine_timeout_s):
+                left = await self.backend.retry_removals()
+        except Exception as exc:
+            log.warning("removals the engine refused earlier failed again: %s", exc)
+            return
+        if left:
+            log.warning("the engine still refuses to remove %s; retried later (reconcile removes them otherwise)",
+                        ", ".join(left))
 
     def _destroy_failed(self, sandbox: _Sandbox, why: str) -> None:
         sandbox.state = "destroy_failed"
@@ -670,7 +695,8 @@ class EnvManager(ProvisioningMixin):
 
     async def check_health(self) -> list[str]:
         """Find this manager's sandboxes whose container stopped or vanished (reported dead to their
-        programs), and remove again containers of sandboxes it already removed. Returns the dead ones."""
+        programs), and remove this instance's containers nobody here answers for (see ``_remove_orphans``).
+        Returns the dead ones."""
         since = self._clock()
         labels = {
             "thunder.managed": "1", "thunder.namespace": self.config.namespace, "thunder.instance": self.instance_id
@@ -683,17 +709,9 @@ class EnvManager(ProvisioningMixin):
                 f"the container engine did not list containers within {self.config.engine_timeout_s:g} s"
             ) from exc
         containers = {r.labels.get("thunder.sandbox", ""): r for r in found if r.kind == "container"}
-        for sandbox_id in list(self._retired):
-            leftover = containers.get(sandbox_id)
-            if leftover is not None and sandbox_id not in self._sandboxes:
-                log.warning("sandbox %s was removed but its container %s is still there: removing it",
-                            sandbox_id, leftover.resource_id[:12])
-                try:
-                    await self._remove_container(sandbox_id)  # by sandbox id: its host directory goes too
-                except Exception as exc:  # kept in _retired: the next check tries again
-                    log.warning("could not remove container %s: %s", leftover.resource_id[:12], exc)
-                    continue
-            self._retired.discard(sandbox_id)
+        retried = set(self._unremoved)
+        await self._remove_unremoved()  # first: what failed to go is retried by its own path
+        self.orphan_report = await self._remove_orphans(containers, retried)
         dead: list[_Sandbox] = []
         for sandbox in list(self._sandboxes.values()):
             if sandbox.state not in ("ready", "lingering") or sandbox.created_at >= since:
@@ -706,6 +724,33 @@ class EnvManager(ProvisioningMixin):
             reason = "its container is gone" if container is None else f"its container is {container.state}"
             await self._sandbox_died(sandbox, reason)
         return [sb.sandbox_id for sb in dead]
+
+    async def _remove_orphans(
+        self, containers: Mapping[str, ManagedResource], retried: set[str] = frozenset()  # type: ignore[assignment]
+    ) -> ReconcileReport:
+        """Remove containers of this instance that are no sandbox, pool member, preparation or template
+        build of this manager: a destroy the engine did not do, a create whose answer was lost and whose
+        cleanup failed. A create in flight is safe: its id is in hand before the engine call."""
+        report = ReconcileReport()
+        for sandbox_id, container in containers.items():
+            # Judged now, not when the list was taken: no await between this test and the removal.
+            if not sandbox_id or sandbox_id in self._sandboxes or sandbox_id in self._in_hand:
+                continue
+            if sandbox_id in retried or sandbox_id in self._unremoved:  # retried by _remove_unremoved
+                continue
+            if sandbox_id in self._templates.build_ids:
+                continue
+            log.warning("container %s of sandbox %s is this manager's but nothing here holds it: removing it",
+                        container.resource_id[:12], sandbox_id)
+            try:
+                await self._remove_container(sandbox_id)  # by sandbox id: its host directory and network go too
+            except Exception as exc:  # one failure stops nothing: the next check tries again
+                log.warning("could not remove container %s: %s", container.resource_id[:12], exc)
+                report.failed.append((container, str(exc)))
+                continue
+            report.removed.append(container)
+        self.orphans_removed += len(report.removed)
+        return report
 
     async def _reap_forever(self) -> None:
         while True:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import Callable, Coroutine
@@ -30,6 +31,8 @@ from .snapshots import DiskBudgetExceededError, Snapshot, SnapshotStore, plan_gc
 from .spec import SandboxSpec
 from .templates import TemplateBuilder
 
+log = logging.getLogger(__name__)
+
 POOL_PROGRAM = "pool"  # thunder.program label of warm sandboxes: their owner is known only on handout
 SANDBOX_HOLDER = "sandbox:"
 PROGRAM_HOLDER = "program:"
@@ -46,17 +49,23 @@ class ProvisioningMixin:
         _sandboxes: dict[str, Any]
         _storage_path: str | None
         _closed: bool
+        _unremoved: set[str]
 
         def labels(self, program_id: str, sandbox_id: str) -> dict[str, str]: ...
         def _checked(self, lease: Lease) -> Any: ...
         def _starting_sandbox(self) -> contextlib.AbstractContextManager[None]: ...
         async def _adopt(self, program_id: str, spec: SandboxSpec, handle: BackendSandbox, origin: str) -> Lease: ...
         async def _destroy(self, sandbox: Any) -> None: ...
+        async def _remove_container(self, sandbox_id: str) -> None: ...
         def _tool_call(self, lease: Lease, sandbox: Any, tool: str) -> contextlib.AbstractAsyncContextManager[Any]: ...
 
     def _init_provisioning(self) -> None:
         config = self.config
         self._snapshots = SnapshotStore(self.backend, self.labels, self._clock)
+        # Every sandbox id this manager created a container for and still answers for (adopted, warm,
+        # prepared, half-started): added before the engine call, dropped once its removal was attempted.
+        # The health check removes this instance's containers that are in no such hand (see check_health).
+        self._in_hand: set[str] = set()
         self._templates = TemplateBuilder(
             self.backend,
             self._snapshots,
@@ -300,6 +309,7 @@ class ProvisioningMixin:
         # Shielded: a create request cut off by a cancellation still completes inside the engine, so
         # removing at once could run before the container exists. Let it answer, then remove.
         launch = self._with_disk_limit(launch)
+        self._in_hand.add(sandbox_id)  # before the engine call: a create in flight is never judged orphaned
         creating = asyncio.ensure_future(
             self.backend.create(sandbox_id, launch, self.labels(label_program, sandbox_id))
         )
@@ -318,10 +328,18 @@ class ProvisioningMixin:
         await self._discard_sandbox(sandbox_id)
 
     async def _discard_sandbox(self, sandbox_id: str) -> None:
-        """Destroy a sandbox the manager never adopted (warm, prepared, half-started)."""
+        """Destroy a sandbox the manager never adopted (warm, prepared, half-started). A failed removal
+        is remembered and retried (health check, close()), and never hides the caller's own error."""
         try:
-            await self.backend.destroy(sandbox_id)
+            await self._remove_container(sandbox_id)  # within engine_timeout_s: a hung engine is reported
+        except BaseException as exc:
+            self._unremoved.add(sandbox_id)
+            if not isinstance(exc, Exception):
+                raise  # a cancel
+            log.warning("sandbox %s could not be removed (%s); it is retried", sandbox_id, exc)
         finally:
+            # Removed or not, nobody holds it any more: a container left behind is the health check's.
+            self._in_hand.discard(sandbox_id)
             await self._snapshots.drop_holder(SANDBOX_HOLDER + sandbox_id)
 
     async def _start_forks(self, snapshot: Snapshot, program_id: str, n: int) -> list[BackendSandbox]:

@@ -123,6 +123,8 @@ class SnapshotStore:
         self._labels = labels
         self._clock = clock
         self._snapshots: dict[str, Snapshot] = {}
+        # Images of failed or cancelled commits whose removal failed too (ref, id if known): retried.
+        self._orphans: set[tuple[str, str | None]] = set()
 
     async def commit(
         self,
@@ -240,13 +242,28 @@ class SnapshotStore:
             snapshot.holders.clear()
             snapshot.removing = False
             await self.remove(snapshot)
+        await self.retry_orphans()
+
+    async def retry_orphans(self) -> None:
+        """Remove again the images of failed commits whose first removal failed (kept while it fails)."""
+        for orphan in sorted(self._orphans, key=str):
+            try:
+                await self._remove_image(*orphan)
+            except BackendError as exc:
+                log.warning("cannot remove the image of a failed snapshot %s yet: %s", orphan[0], exc)
+                continue
+            self._orphans.discard(orphan)
+
+    async def _remove_image(self, image_ref: str, image_id: str | None) -> None:
+        if not await self._backend.remove_image(image_ref) and image_id is not None:
+            await self._backend.remove_image(image_id)
 
     async def _remove_after(self, committing: asyncio.Future[str], image_ref: str) -> None:
         """Remove what a failed or cancelled commit may have produced, once the commit has answered."""
         await asyncio.gather(committing, return_exceptions=True)
         image_id = committing.result() if not committing.cancelled() and committing.exception() is None else None
         try:
-            if not await self._backend.remove_image(image_ref) and image_id is not None:
-                await self._backend.remove_image(image_id)
+            await self._remove_image(image_ref, image_id)
         except BackendError as exc:
-            log.warning("cannot remove the image of a cancelled snapshot %s: %s", image_ref, exc)
+            self._orphans.add((image_ref, image_id))  # never forgotten: retried (health check, close)
+            log.warning("cannot remove the image of a cancelled snapshot %s yet: %s", image_ref, exc)

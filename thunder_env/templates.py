@@ -91,6 +91,7 @@ class TemplateBuilder:
         self._building: dict[str, _Build] = {}
         self._slots = asyncio.Semaphore(max_concurrent)
         self.builds = 0  # builds started (a test and an operator both want this)
+        self.build_ids: set[str] = set()  # sandbox ids of build containers in flight (never judged orphaned)
 
     async def ensure(self, spec: SandboxSpec) -> Snapshot:
         """The template's live snapshot, built now if needed. The caller must hold it before awaiting."""
@@ -155,6 +156,7 @@ class TemplateBuilder:
         build_id = "tb-" + secrets.token_hex(6)
         build_spec = spec.model_copy(update={"setup": (), "ports": ()})
         log.info("template %s: building in %s (%d steps)", key, build_id, len(spec.setup))
+        self.build_ids.add(build_id)
         try:
             await self._backend.create(build_id, build_spec, self._labels("template", build_id))
             for index, step in enumerate(spec.setup):
@@ -170,7 +172,10 @@ class TemplateBuilder:
             )
         finally:
             # By name, so even a create cancelled before it answered leaves no container behind.
-            await asyncio.shield(self._backend.destroy(build_id))
+            try:
+                await asyncio.shield(self._backend.destroy(build_id))
+            finally:
+                self.build_ids.discard(build_id)  # a container left behind is the health check's
 
     async def _run_step(self, key: str, build_id: str, spec: SandboxSpec, index: int, step: str) -> None:
         request = ExecRequest(

@@ -17,17 +17,21 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from thunder_sched.config import SchedulerConfig
-from thunder_sched.errors import BadRequestError, SchedulerError
+from thunder_sched.errors import BadRequestError, SchedulerError, anthropic_error_body, anthropic_error_type
 from thunder_sched.events import ToolEvent, ToolEventBody
 from thunder_sched.metrics import make_registry
 from thunder_sched.notifier import ProgramEndCallback
 from thunder_sched.program import ProgramInfo
-from thunder_sched.proxy import ClientGoneError, proxy_completion, proxy_get
+from thunder_sched.proxy import ClientGoneError, proxy_completion, proxy_count_tokens, proxy_get
 from thunder_sched.scheduler import Scheduler
 
 
 def get_scheduler(app: FastAPI) -> Scheduler:
     return app.state.scheduler
+
+
+def _anthropic_error(exc: SchedulerError) -> JSONResponse:
+    return JSONResponse(anthropic_error_body(anthropic_error_type(exc), str(exc)), status_code=exc.status_code)
 
 
 def create_app(
@@ -73,6 +77,21 @@ def create_app(
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         return await proxy_completion(scheduler, request, "completion")
+
+    # The Anthropic Messages API: the same program lifecycle; errors in Anthropic's shape, same status codes.
+    @app.post("/v1/messages")
+    async def messages(request: Request) -> Response:
+        try:
+            return await proxy_completion(scheduler, request, "messages")
+        except SchedulerError as exc:
+            return _anthropic_error(exc)
+
+    @app.post("/v1/messages/count_tokens")
+    async def count_tokens(request: Request) -> Response:
+        try:
+            return await proxy_count_tokens(scheduler, request)
+        except SchedulerError as exc:
+            return _anthropic_error(exc)
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:

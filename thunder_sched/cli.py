@@ -63,6 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL=TOKENS",
         help="host KV tier size of a backend, when its /metrics does not report it (repeatable)",
     )
+    p.add_argument(
+        "--model-alias",
+        action="append",
+        default=[],
+        metavar="NAME=SERVED",
+        help="serve requests for model NAME with the backend's model SERVED (repeatable; NAME '*' matches every "
+        "name not listed), e.g. for Claude Code's Claude model names",
+    )
+    p.add_argument(
+        "--forward-auth",
+        action="store_true",
+        help="forward clients' Authorization / x-api-key headers to the backends (default: never)",
+    )
     p.add_argument("--cache-affinity", type=float, default=pol["cache_affinity_s"].default)
     cfg = SchedulerConfig.model_fields
     p.add_argument("--interval", type=float, default=cfg["interval_s"].default, help="check period, s")
@@ -105,7 +118,22 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
         env_manager_url=args.env_manager_url,
         env_manager_token=args.env_manager_token or os.environ.get("THUNDER_ENV_MANAGER_TOKEN") or None,
         host_tier_tokens=_tiers(args.host_tier_tokens),
+        model_aliases=parse_model_aliases(args.model_alias),
+        forward_auth=args.forward_auth,
     )
+
+
+def parse_model_aliases(items: list[str]) -> dict[str, str]:
+    """`NAME=SERVED` items (the --model-alias flags) as a dict; a name given twice is an error."""
+    aliases: dict[str, str] = {}
+    for item in items:
+        name, sep, served = item.partition("=")
+        if not sep or not name.strip() or not served.strip():
+            raise ValueError(f"--model-alias wants NAME=SERVED, got {item!r}")
+        if name in aliases:
+            raise ValueError(f"--model-alias names {name!r} twice")
+        aliases[name] = served
+    return aliases
 
 
 def _tiers(items: list[str]) -> dict[str, int]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+MODEL_ALIAS_DEFAULT = "*"  # the model alias applied to every requested name not listed
+
 
 class PolicyConfig(BaseModel):
     """Knobs of the pure scheduling policy (see docs/scheduler.md)."""
@@ -118,6 +120,16 @@ class SchedulerConfig(BaseModel):
         default_factory=dict,
         description="host (CPU) KV tier size in tokens per backend URL, when the backend's /metrics does not tell",
     )
+    forward_auth: bool = Field(
+        False,
+        description="forward the client's Authorization and x-api-key headers to the backends (off: a token meant "
+        "for this proxy, e.g. thunder serve's, never reaches a backend)",
+    )
+    model_aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description="requested model name -> the backend's served name, applied to the body's `model` of every "
+        f"completion route; the name {MODEL_ALIAS_DEFAULT!r} maps every name not listed",
+    )
     max_connections: int = Field(1024, ge=1, description="connection pool size towards the backends")
     terminated_history: int = Field(256, ge=0, description="recently terminated programs kept for GET /programs")
 
@@ -137,4 +149,7 @@ class SchedulerConfig(BaseModel):
         if any(tokens < 0 for tokens in tiers.values()):
             raise ValueError("host tier sizes must be >= 0 tokens")
         object.__setattr__(self, "host_tier_tokens", tiers)
+        for name, served in self.model_aliases.items():
+            if not name.strip() or not served.strip():
+                raise ValueError(f"model alias {name!r} -> {served!r}: both names must be non-empty")
         return self

@@ -70,3 +70,24 @@ class ReplicaError(SchedulerError, ConnectionError):
         super().__init__(f"backend {backend} failed: {detail}")
         self.backend = backend
         self.detail = detail
+
+
+# The Anthropic error types (https://docs.anthropic.com/en/api/errors) for the Messages API routes.
+# No usable backend is `overloaded_error`: Anthropic clients (Claude Code, the SDKs) retry it with backoff,
+# which is what a client should do while the backends are down or starting; the HTTP status stays 503.
+_ANTHROPIC_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    404: "not_found_error",
+    409: "invalid_request_error",  # a held request whose program was released: start a new program id
+    502: "api_error",
+    503: "overloaded_error",
+}
+
+
+def anthropic_error_type(exc: SchedulerError) -> str:
+    return _ANTHROPIC_TYPES.get(exc.status_code, "api_error")
+
+
+def anthropic_error_body(error_type: str, message: str) -> dict[str, object]:
+    """`{"type": "error", "error": {"type", "message"}}`, the shape of every Messages API error."""
+    return {"type": "error", "error": {"type": error_type, "message": message}}

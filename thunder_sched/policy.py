@@ -353,6 +353,7 @@ class _Round:
         self._dh: dict[str, float] = {}  # change of the held load
         self._dd: dict[str, float] = {}  # change of the draining weight
         self._dr: dict[str, tuple[int, float]] = {}  # requests (and their memory) restored to run this round
+        self._floor: tuple[int, bool] | None = None  # floor_open's answer, for a count of reserved backends
         self._victims: dict[str, list[ProgramView]] = {}
         self._freed: dict[str, float] = {}  # memory of acting members paused this round
         self._placed_prefixes: set[tuple[str, str]] = set()  # (backend, prefix) restored this round
@@ -541,6 +542,7 @@ class _Round:
         self._add(self._dh, url, need)
         count, memory = self._dr.get(url, (0, 0.0))
         self._dr[url] = (count + 1, memory + need)
+        self._floor = None
         self.restores.append(Restore(p.program_id, url, affinity, floor))
         if p.prefix_key is not None:
             self._placed_prefixes.add((url, p.prefix_key))
@@ -553,9 +555,16 @@ class _Round:
         return (count + extra[0], memory + extra[1]) if extra else (count, memory)
 
     def floor_open(self, reserved: set[str]) -> bool:
-        """Whether some backend runs fewer requests than the floor (O(backends))."""
+        """Whether some backend runs fewer requests than the floor: O(backends) once, then O(1) until a
+        restore or a reservation changes it (a long queue asks for every program that fits nowhere)."""
         floor = self.config.min_running
-        return floor > 0 and any(b.url not in reserved and self.running(b.url)[0] < floor for b in self.usable)
+        if floor <= 0:
+            return False
+        if self._floor is not None and self._floor[0] == len(reserved):  # `reserved` only grows in a round
+            return self._floor[1]
+        open_ = any(b.url not in reserved and self.running(b.url)[0] < floor for b in self.usable)
+        self._floor = (len(reserved), open_)
+        return open_
 
     def floor_place(self, p: ProgramView, reserved: set[str]) -> bool:
         """Work conservation: restore `p` on a backend running fewer requests than the floor, past the memory

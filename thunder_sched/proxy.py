@@ -1,4 +1,5 @@
-"""Forwarding one OpenAI request to the backend the scheduler chose, streaming without buffering.
+"""Forwarding one completion request (OpenAI chat/completions, Anthropic messages) to the backend the
+scheduler chose, streaming without buffering.
 
 Every exit path (done, client gone, backend error, cancellation) ends the request's admission exactly once.
 """
@@ -18,15 +19,24 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from thunder_sched.errors import BadRequestError, NoBackendError, ReplicaError
+from thunder_sched.config import MODEL_ALIAS_DEFAULT
+from thunder_sched.errors import BadRequestError, NoBackendError, ReplicaError, anthropic_error_body
+from thunder_sched.program import Usage
 from thunder_sched.scheduler import Admission, Scheduler
-from thunder_sched.sse import UsageTracker, parse_usage
+from thunder_sched.sse import MessagesUsageTracker, UsageTracker, parse_messages_usage, parse_usage
 from thunder_sched.tokens import Endpoint
 
 log = logging.getLogger(__name__)
 
-PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
-_FORWARDED_HEADERS = ("authorization", "x-request-id")
+PATHS: dict[Endpoint, str] = {
+    "chat": "/v1/chat/completions",
+    "completion": "/v1/completions",
+    "messages": "/v1/messages",
+}
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
+# Headers a backend may need to answer alike; anthropic-* select API versions and betas (vLLM ignores them).
+_FORWARDED_HEADERS = ("x-request-id", "anthropic-version", "anthropic-beta")
+_AUTH_HEADERS = ("authorization", "x-api-key")  # secrets meant for this proxy: forwarded only when configured
 T = TypeVar("T")
 
 
@@ -34,12 +44,50 @@ class ClientGoneError(Exception):
     """The client disconnected before a response started."""
 
 
-def forward_headers(headers: Mapping[str, str]) -> dict[str, str]:
+def forward_headers(headers: Mapping[str, str], *, forward_auth: bool = False) -> dict[str, str]:
     out = {"content-type": "application/json"}
-    for name in _FORWARDED_HEADERS:
+    for name in _FORWARDED_HEADERS + (_AUTH_HEADERS if forward_auth else ()):
         if name in headers:
             out[name] = headers[name]
     return out
+
+
+def apply_model_alias(body: dict[str, Any], aliases: Mapping[str, str]) -> None:
+    """Rename the requested model to the backend's served one (exact name first, then the default)."""
+    model = body.get("model")
+    if not aliases or not isinstance(model, str):
+        return
+    served = aliases.get(model, aliases.get(MODEL_ALIAS_DEFAULT))
+    if served is not None:
+        body["model"] = served
+
+
+def with_query(url: str, query: str) -> str:
+    return f"{url}?{query}" if query else url
+
+
+def _openai_error_event(message: str) -> bytes:
+    error = {"error": {"message": message, "type": ReplicaError.error_type, "code": ReplicaError.status_code}}
+    return f"data: {json.dumps(error)}\n\n".encode()
+
+
+def _anthropic_error_event(message: str) -> bytes:
+    return f"event: error\ndata: {json.dumps(anthropic_error_body('api_error', message))}\n\n".encode()
+
+
+def _openai_usage(body: Any) -> Usage | None:
+    return parse_usage(body.get("usage")) if isinstance(body, dict) else None
+
+
+def _messages_usage(body: Any) -> Usage | None:
+    return parse_messages_usage(body.get("usage")) if isinstance(body, dict) else None
+
+
+_USAGE_OF_BODY: dict[Endpoint, Callable[[Any], Usage | None]] = {
+    "chat": _openai_usage,
+    "completion": _openai_usage,
+    "messages": _messages_usage,
+}
 
 
 async def read_body(request: Request) -> dict[str, Any]:
@@ -95,7 +143,12 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 
 
 async def open_upstream(
-    scheduler: Scheduler, program_id: str | None, endpoint: Endpoint, body: dict[str, Any], headers: dict[str, str]
+    scheduler: Scheduler,
+    program_id: str | None,
+    endpoint: Endpoint,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    query: str = "",
 ) -> tuple[Admission, httpx.Response]:
     """Admit the request (waiting while its program is paused) and open the upstream response.
     A refused connection marks the backend down and retries on another one: nothing was sent yet."""
@@ -103,7 +156,7 @@ async def open_upstream(
     last_error = "no attempt"
     for _ in range(len(scheduler.config.backends) + 1):
         admission = await scheduler.admit(program_id, endpoint, body)
-        url = admission.backend + PATHS[endpoint]
+        url = with_query(admission.backend + PATHS[endpoint], query)
         try:
             request = scheduler.client.build_request("POST", url, content=payload, headers=headers)
             response = await scheduler.client.send(request, stream=True)
@@ -121,14 +174,16 @@ async def open_upstream(
     raise NoBackendError(f"every backend refused the connection; last error: {last_error}")
 
 
-async def complete(scheduler: Scheduler, admission: Admission, upstream: httpx.Response) -> Response:
+async def complete(
+    scheduler: Scheduler, admission: Admission, upstream: httpx.Response, endpoint: Endpoint
+) -> Response:
     """Non-streaming: relay the backend's bytes unchanged, reading `usage` on the way."""
     usage, completed, error = None, False, None
     try:
         content = await upstream.aread()
         if upstream.status_code == 200:
             with contextlib.suppress(ValueError):
-                usage = parse_usage(json.loads(content).get("usage"))
+                usage = _USAGE_OF_BODY[endpoint](json.loads(content))
             completed = True
         return Response(content, status_code=upstream.status_code, media_type=_media_type(upstream))
     except httpx.HTTPError as exc:
@@ -159,11 +214,15 @@ class FinalizingStreamingResponse(StreamingResponse):
 
 
 async def stream(
-    scheduler: Scheduler, admission: Admission, upstream: httpx.Response, *, strip_usage: bool
+    scheduler: Scheduler, admission: Admission, upstream: httpx.Response, *, strip_usage: bool, endpoint: Endpoint
 ) -> Response:
     if upstream.status_code != 200:  # an error body, not a stream: relay it whole
-        return await complete(scheduler, admission, upstream)
-    tracker = UsageTracker(strip_usage_chunk=strip_usage)
+        return await complete(scheduler, admission, upstream, endpoint)
+    tracker: UsageTracker | MessagesUsageTracker
+    if endpoint == "messages":
+        tracker, error_event = MessagesUsageTracker(), _anthropic_error_event
+    else:
+        tracker, error_event = UsageTracker(strip_usage_chunk=strip_usage), _openai_error_event
     errors: list[str] = []
 
     async def body() -> AsyncIterator[bytes]:
@@ -182,14 +241,7 @@ async def stream(
         except httpx.HTTPError as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
             log.warning("stream from %s broke: %s", admission.backend, errors[-1])
-            message = {
-                "error": {
-                    "message": f"backend {admission.backend} failed mid-stream: {errors[-1]}",
-                    "type": ReplicaError.error_type,
-                    "code": 502,
-                }
-            }
-            yield f"data: {json.dumps(message)}\n\n".encode()
+            yield error_event(f"backend {admission.backend} failed mid-stream: {errors[-1]}")
 
     iterator = body()
 
@@ -211,8 +263,9 @@ async def stream(
 async def proxy_completion(scheduler: Scheduler, request: Request, endpoint: Endpoint) -> Response:
     body = await read_body(request)
     program_id = take_program_id(body, request.headers)
+    apply_model_alias(body, scheduler.config.model_aliases)
     strip_usage = False
-    if body.get("stream") is True:
+    if body.get("stream") is True and endpoint != "messages":  # Messages streams always carry usage
         options = body.get("stream_options")
         if options is not None and not isinstance(options, dict):
             raise BadRequestError("stream_options must be an object")
@@ -221,23 +274,49 @@ async def proxy_completion(scheduler: Scheduler, request: Request, endpoint: End
             strip_usage = True  # we need usage for exact token counts; the client did not ask for it
             options["include_usage"] = True
         body["stream_options"] = options
-    headers = forward_headers(request.headers)
+    headers = forward_headers(request.headers, forward_auth=scheduler.config.forward_auth)
+    query = request.url.query
     admission, upstream = await unless_disconnected(
-        request, open_upstream(scheduler, program_id, endpoint, body, headers)
+        request, open_upstream(scheduler, program_id, endpoint, body, headers, query)
     )
     if body.get("stream") is True:
-        return await stream(scheduler, admission, upstream, strip_usage=strip_usage)
-    return await unless_disconnected(request, complete(scheduler, admission, upstream))
+        return await stream(scheduler, admission, upstream, strip_usage=strip_usage, endpoint=endpoint)
+    return await unless_disconnected(request, complete(scheduler, admission, upstream, endpoint))
+
+
+async def proxy_count_tokens(scheduler: Scheduler, request: Request) -> Response:
+    """`/v1/messages/count_tokens`: no generation, so no program lifecycle; answered by a usable backend."""
+    body = await read_body(request)
+    take_program_id(body, request.headers)  # checked and removed like on the other routes; counts nothing
+    apply_model_alias(body, scheduler.config.model_aliases)
+    return await proxy_plain(
+        scheduler, "POST", COUNT_TOKENS_PATH, request.headers, query=request.url.query, content=json.dumps(body)
+    )
 
 
 async def proxy_get(scheduler: Scheduler, path: str, headers: Mapping[str, str]) -> Response:
     """A plain GET (e.g. /v1/models) to the first usable backend."""
+    return await proxy_plain(scheduler, "GET", path, headers)
+
+
+async def proxy_plain(
+    scheduler: Scheduler,
+    method: str,
+    path: str,
+    headers: Mapping[str, str],
+    *,
+    query: str = "",
+    content: str | None = None,
+) -> Response:
+    """One request outside any program to the first usable backend, relayed whole."""
     usable = scheduler.backends.usable() or [b for b in scheduler.backends.backends.values() if b.healthy]
     if not usable:
         raise NoBackendError("no healthy backend to answer " + path)
-    url = usable[0].url + path
+    url = with_query(usable[0].url + path, query)
     try:
-        resp = await scheduler.client.get(url, headers=forward_headers(headers))
+        resp = await scheduler.client.request(
+            method, url, content=content, headers=forward_headers(headers, forward_auth=scheduler.config.forward_auth)
+        )
     except httpx.HTTPError as exc:
         raise ReplicaError(usable[0].url, f"{type(exc).__name__}: {exc}") from exc
     return Response(resp.content, status_code=resp.status_code, media_type=_media_type(resp))

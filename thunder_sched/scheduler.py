@@ -394,13 +394,18 @@ class Scheduler:
         """The prompt prefix this request shares with other programs: its system message and tool schemas,
         for the same model and cache salt. The engine caches it once per backend, so the ledger counts it
         once (agent fleets share long system prompts: counting them per program under-admits)."""
-        if endpoint != "chat" or not self.config.policy.shared_prefixes:
+        if endpoint == "completion" or not self.config.policy.shared_prefixes:
             return None, 0
-        messages = body.get("messages")
-        first = messages[0] if isinstance(messages, list) and messages else None
-        if not isinstance(first, dict) or first.get("role") not in ("system", "developer"):
-            return None, 0
-        content = first.get("content")
+        if endpoint == "messages":  # the Messages API's `system` field (a string or text blocks)
+            content = body.get("system")
+            if not content:
+                return None, 0
+        else:
+            messages = body.get("messages")
+            first = messages[0] if isinstance(messages, list) and messages else None
+            if not isinstance(first, dict) or first.get("role") not in ("system", "developer"):
+                return None, 0
+            content = first.get("content")
         text = content if isinstance(content, str) else json.dumps(content, sort_keys=True, default=str)
         tools = body.get("tools")
         tools_text = json.dumps(tools, sort_keys=True, default=str) if tools else ""

@@ -1,5 +1,7 @@
-"""Server-sent events passthrough: forward each event as soon as it is complete, read the usage chunk,
-and drop it when only the scheduler (not the client) asked for it."""
+"""Server-sent events passthrough: forward each event as soon as it is complete and read its usage.
+
+OpenAI streams: the usage chunk is dropped when only the scheduler (not the client) asked for it.
+Anthropic Messages streams always carry usage (`message_start`, `message_delta`): nothing is dropped."""
 
 from __future__ import annotations
 
@@ -29,6 +31,33 @@ def _data(event: bytes) -> bytes | None:
         if line.startswith(b"data:"):
             return line[5:].strip()
     return None
+
+
+def _event_name(event: bytes) -> bytes | None:
+    for line in event.splitlines():
+        if line.startswith(b"event:"):
+            return line[6:].strip()
+    return None
+
+
+class _Splitter:
+    """Whole events out of arbitrary byte chunks."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def events(self, chunk: bytes) -> list[bytes]:
+        self._buffer += chunk
+        out = []
+        while (split := _split_event(self._buffer)) is not None:
+            event, rest = split
+            self._buffer = bytearray(rest)
+            out.append(event)
+        return out
+
+    def rest(self) -> bytes:
+        rest, self._buffer = bytes(self._buffer), bytearray()
+        return rest
 
 
 @dataclass(slots=True)
@@ -89,3 +118,85 @@ def parse_usage(usage: object) -> Usage | None:
     if isinstance(prompt, int) and isinstance(completion, int):
         return Usage(prompt, completion)
     return None
+
+
+def parse_messages_usage(usage: object) -> Usage | None:
+    """An Anthropic `usage`: the prompt is `input_tokens` plus the cache reads and writes (vLLM reports
+    `input_tokens = prompt_tokens - cache_read - cache_creation`, vllm/entrypoints/anthropic/serving.py)."""
+    prompt = _messages_prompt(usage)
+    output = usage.get("output_tokens") if isinstance(usage, dict) else None
+    if prompt is None or not _is_count(output):
+        return None
+    return Usage(prompt, output)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _messages_prompt(usage: object) -> int | None:
+    if not isinstance(usage, dict) or not _is_count(usage.get("input_tokens")):
+        return None
+    total = usage["input_tokens"]
+    for key in ("cache_read_input_tokens", "cache_creation_input_tokens"):
+        if _is_count(usage.get(key)):
+            total += usage[key]
+    return total
+
+
+@dataclass(slots=True)
+class MessagesUsageTracker:
+    """The Anthropic Messages stream: `message_start` carries the input usage, `message_delta` the
+    cumulative output tokens (and, from vLLM and newer Anthropic servers, the input again), each
+    `content_block_delta` one piece of generated content, `message_stop` the end. Events pass unchanged."""
+
+    usage: Usage | None = None
+    content_events: int = 0
+    finished: bool = False  # saw `message_stop`
+    _prompt: int | None = None
+    _splitter: _Splitter = field(default_factory=_Splitter)
+
+    def feed(self, chunk: bytes) -> bytes:
+        for event in self._splitter.events(chunk):
+            self._read(event)
+        return chunk  # nothing is ever dropped: forward the bytes as they came
+
+    def flush(self) -> bytes:
+        rest = self._splitter.rest()
+        if rest.strip():
+            self._read(rest)
+        return b""  # already forwarded by feed
+
+    def _read(self, event: bytes) -> None:
+        name = _event_name(event)
+        if name == b"content_block_delta":
+            self.content_events += 1
+            return
+        if name not in (None, b"message_start", b"message_delta", b"message_stop"):
+            return  # ping, content_block_start/stop, error
+        data = _data(event)
+        try:
+            obj = json.loads(data) if data else None
+        except ValueError:
+            return
+        if not isinstance(obj, dict):
+            return
+        kind = obj.get("type")
+        if kind == "content_block_delta":  # a stream without `event:` lines
+            self.content_events += 1
+        elif kind == "message_stop":
+            self.finished = True
+        elif kind == "message_start":
+            message = obj.get("message")
+            self._take_prompt(message.get("usage") if isinstance(message, dict) else None)
+        elif kind == "message_delta":
+            usage = obj.get("usage")
+            self._take_prompt(usage)
+            output = usage.get("output_tokens") if isinstance(usage, dict) else None
+            if self._prompt is not None and _is_count(output):
+                self.usage = Usage(self._prompt, output)
+
+    def _take_prompt(self, usage: object) -> None:
+        prompt = _messages_prompt(usage)
+        if prompt is not None and prompt > (self._prompt or 0):
+            self._prompt = prompt  # message_delta may repeat it or, from some servers, report 0

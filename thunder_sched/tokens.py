@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import httpx
 
-Endpoint = Literal["chat", "completion"]
+Endpoint = Literal["chat", "completion", "messages"]  # messages: the Anthropic Messages API
 
 
 def _content_chars(content: Any) -> int:
@@ -24,8 +24,37 @@ def _content_chars(content: Any) -> int:
     return 0
 
 
+def _anthropic_chars(content: Any) -> int:
+    """A Messages API `system` or message `content`: a string or blocks (text, thinking, tool_use input,
+    tool_result content, itself a string or blocks)."""
+    if isinstance(content, str):
+        return len(content)
+    if not isinstance(content, list):
+        return 0
+    total = 0
+    for block in content:
+        if not isinstance(block, dict):
+            continue
+        for key in ("text", "thinking", "name"):
+            if isinstance(block.get(key), str):
+                total += len(block[key])
+        if block.get("input") is not None:  # tool_use: the arguments the template renders as JSON
+            total += len(json.dumps(block["input"]))
+        if block.get("content") is not None:  # tool_result
+            total += _anthropic_chars(block["content"])
+    return total
+
+
 def prompt_chars(endpoint: Endpoint, body: dict[str, Any]) -> int:
     """Characters of the prompt text; the calibrated ratio absorbs the chat template's own tokens."""
+    if endpoint == "messages":
+        total = _anthropic_chars(body.get("system"))
+        for message in body.get("messages") or []:
+            if isinstance(message, dict):
+                total += _anthropic_chars(message.get("content"))
+        if body.get("tools"):
+            total += len(json.dumps(body["tools"]))
+        return total
     if endpoint == "chat":
         total = 0
         for message in body.get("messages") or []:
@@ -89,13 +118,29 @@ _TOKENIZE_CHAT_FIELDS = (
     "chat_template_kwargs",
     "add_special_tokens",
 )
+# What vLLM's /v1/messages/count_tokens accepts (vllm/entrypoints/anthropic/protocol.py, 0.32).
+_COUNT_TOKENS_FIELDS = (
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "output_config",
+    "chat_template_kwargs",
+)
 
 
 async def tokenize_count(
     client: httpx.AsyncClient, backend: str, endpoint: Endpoint, body: dict[str, Any], timeout_s: float
 ) -> int | None:
-    """Exact prompt size from vLLM's /tokenize; None when the backend cannot tell (the caller estimates)."""
-    if endpoint == "chat":
+    """Exact prompt size from vLLM's /tokenize (Messages API: /v1/messages/count_tokens); None when the
+    backend cannot tell (the caller estimates)."""
+    path, key = "/tokenize", "count"
+    if endpoint == "messages":
+        payload = {k: body[k] for k in _COUNT_TOKENS_FIELDS if k in body}
+        path, key = "/v1/messages/count_tokens", "input_tokens"
+    elif endpoint == "chat":
         payload = {k: body[k] for k in _TOKENIZE_CHAT_FIELDS if k in body}
     else:
         if not isinstance(body.get("prompt"), str):
@@ -104,10 +149,10 @@ async def tokenize_count(
         if "model" in body:
             payload["model"] = body["model"]
     try:
-        resp = await client.post(f"{backend}/tokenize", json=payload, timeout=timeout_s)
+        resp = await client.post(f"{backend}{path}", json=payload, timeout=timeout_s)
         if resp.status_code != 200:
             return None
-        count = resp.json().get("count")
+        count = resp.json().get(key)
     except (httpx.HTTPError, ValueError):
         return None
     return count if isinstance(count, int) and count > 0 else None

@@ -7,9 +7,10 @@ Routes: `/v1/*`, `/health`, `/programs*` (the scheduler's app), `/p/{program_id}
 named in the URL), `/mcp` and `/p/{program_id}/mcp` (the MCP app, behind its bearer token), `/metrics` (both
 sides), `/thunder/status` (JSON, see status.py).
 
-Tokens (`ControlAuth`): `/programs*`, `/thunder/status` and `/metrics` reveal or change program state and need
-the server token; a program token reaches only `/programs/<its program>*`; the read-only metrics token only
-`GET /metrics`. `/v1/*` and `/health` need none (see docs/security.md).
+Tokens (`ControlAuth`, as `Authorization: Bearer` or, for Anthropic clients, `x-api-key`): `/programs*`,
+`/thunder/status` and `/metrics` reveal or change program state and need the server token; a program
+token reaches only `/programs/<its program>*`; the read-only metrics token only `GET /metrics`.
+`/v1/*` and `/health` need none (see docs/security.md).
 """
 
 from __future__ import annotations
@@ -149,12 +150,12 @@ class ControlAuth:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        role = self._role(headers.get("authorization", ""))
+        role = self._role(headers.get("authorization", ""), headers.get("x-api-key", ""))
         if role is None:
             await _deny(
                 send, 401, "unauthorized",
                 f"{scope.get('path')} needs the server's bearer token: send 'Authorization: Bearer <token>' "
-                "(thunder status: --token or THUNDER_TOKEN)",
+                "or 'x-api-key: <token>' (thunder status: --token or THUNDER_TOKEN)",
             )  # fmt: skip
             return
         kind, program = route
@@ -168,11 +169,17 @@ class ControlAuth:
             return
         await self.app(scope, receive, send)
 
-    def _role(self, authorization: str) -> str | None:
+    def _role(self, authorization: str, api_key: str) -> str | None:
+        """The token's role, from `Authorization: Bearer` or, as Anthropic clients send it
+        (ANTHROPIC_API_KEY), `x-api-key`; a Bearer header wins when both are sent."""
         scheme, _, presented = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
+        if scheme.lower() == "bearer" and presented.strip():
+            presented = presented.strip()
+        elif not authorization and api_key.strip():
+            presented = api_key.strip()
+        else:
             return None
-        digest = _digest(presented.strip())
+        digest = _digest(presented)
         found = None
         for expected, role in self._tokens:  # no early exit: time does not depend on which token matched
             if hmac.compare_digest(digest, expected):

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from mcp_server import HttpConfig, ServerConfig
 from mcp_server.cli import claude_command
 from thunder_env import ManagerConfig, ThunderError
+from thunder_sched.cli import parse_model_aliases
 from thunder_sched.config import PolicyConfig, SchedulerConfig
 
 from .config import DEFAULT_NAMESPACE, DEFAULT_PORT, CombinedConfig
@@ -78,6 +79,14 @@ def serve(
     interval: Annotated[float, typer.Option(help="period of the scheduler's check, seconds")] = (
         SchedulerConfig.model_fields["interval_s"].default
     ),
+    model_alias: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model-alias",
+            help="NAME=SERVED: serve requests for model NAME with the backend's model SERVED (repeatable; "
+            "NAME '*' matches every other name), e.g. Claude Code's Claude model names",
+        ),
+    ] = None,
     prepare: Annotated[bool, typer.Option(help="prepare a paused program's environment before its restore")] = True,
     default_image: Annotated[str, typer.Option(help="image of sandbox_create without template")] = (
         ServerConfig.model_fields["default_image"].default
@@ -94,6 +103,7 @@ def serve(
                 policy=PolicyConfig(lambda_max=lambda_max, tau_s=tau),
                 interval_s=interval,
                 inactivity_timeout_s=idle_timeout,
+                model_aliases=parse_model_aliases(model_alias or []),
             ),
             http=HttpConfig(
                 host=host, port=port, token=token or secrets.token_urlsafe(32), metrics_token=metrics_token
@@ -108,6 +118,8 @@ def serve(
         )
     except ValidationError as exc:  # without input values: a token must never be echoed
         raise _fail("invalid configuration: " + "; ".join(_errors(exc)), 2) from None
+    except ValueError as exc:  # a malformed --model-alias (its message names only the flag's value)
+        raise _fail(f"invalid configuration: {exc}", 2) from None
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(_serve(config, generated, log_level))

@@ -89,7 +89,7 @@ class DemoReport(BaseModel):
 
 
 async def fetch_status(client: httpx.AsyncClient, *, disk: bool = False, token: str | None = None) -> StatusReport:
-    # The token goes with this request only: the client's /v1 requests forward Authorization to vLLM.
+    # The token goes with this request only, not with the client's /v1 requests (which need none).
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
         response = await client.get(STATUS_PATH, params={"disk": "1" if disk else "0"}, headers=headers)

@@ -13,6 +13,7 @@ from urllib.parse import unquote
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_server.config import PROGRAM_ID_RULE, check_program_id
+from thunder_sched.errors import anthropic_error_body
 
 PROGRAM_API_PATH = "/p/{program_id}/v1/{rest:path}"
 _HEADER = b"x-program-id"
@@ -27,15 +28,18 @@ class ProgramScopedApi:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         params = scope.get("path_params", {})
         program_id = unquote(str(params.get("program_id", "")))
+        anthropic = str(params.get("rest", "")).startswith("messages")  # errors in the API's own shape
         try:
             check_program_id(program_id)
         except ValueError:
-            await _error(send, 400, f"invalid program id {program_id!r} in the URL: use {PROGRAM_ID_RULE}")
+            message = f"invalid program id {program_id!r} in the URL: use {PROGRAM_ID_RULE}"
+            await _error(send, 400, message, anthropic=anthropic)
             return
         headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != _HEADER]
         named = [v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == _HEADER]
         if any(value != program_id for value in named):
-            await _error(send, 400, f"the URL names program {program_id!r} but X-Program-Id names {named[0]!r}")
+            message = f"the URL names program {program_id!r} but X-Program-Id names {named[0]!r}"
+            await _error(send, 400, message, anthropic=anthropic)
             return
         path = "/v1/" + str(params.get("rest", ""))
         inner = {
@@ -47,8 +51,12 @@ class ProgramScopedApi:
         await self.api(inner, receive, send)
 
 
-async def _error(send: Send, status: int, message: str) -> None:
-    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "code": status}}).encode()
+async def _error(send: Send, status: int, message: str, *, anthropic: bool) -> None:
+    if anthropic:
+        shaped = anthropic_error_body("invalid_request_error", message)
+    else:
+        shaped = {"error": {"message": message, "type": "invalid_request_error", "code": status}}
+    body = json.dumps(shaped).encode()
     await send(
         {
             "type": "http.response.start",

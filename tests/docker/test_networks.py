@@ -11,7 +11,7 @@ from thunder_env.docker import DockerBackend
 from thunder_env.docker.lifecycle import container_name
 
 from ._helpers import crash_after_first_line, eventually
-from .conftest import BASE_IMAGE, leftovers
+from .conftest import BASE_IMAGE, ManagerFactory, leftovers
 
 SPEC = SandboxSpec(image=BASE_IMAGE, network="internal", memory_bytes=256 << 20)
 
@@ -108,3 +108,43 @@ async def test_reconcile_removes_a_killed_managers_networks(backend: DockerBacke
     async with EnvManager(backend, ManagerConfig(namespace=namespace)):  # ...the next start removes it
         assert await _networks(backend, namespace) == []
         assert await leftovers(backend, namespace) == []
+
+
+async def test_a_network_whose_removal_failed_is_removed_later_by_its_live_manager(
+    make_manager: ManagerFactory, backend: DockerBackend
+) -> None:
+    # Found by the chaos benchmark: a removal refused by the engine (endpoints still active, dockerd
+    # restarting) left the network until a reconcile, that is for the whole life of the manager.
+    manager = await make_manager(health_interval_s=None)
+    lease = await manager.acquire("p", SPEC)
+    [network] = await _networks(backend, manager.config.namespace)
+    # Something else on the program's network: the engine refuses to remove it (active endpoints).
+    blocker = await backend.client.containers.run(
+        {"Image": BASE_IMAGE, "Cmd": ["sleep", "300"], "HostConfig": {"NetworkMode": network}},
+        name="thunder-test-blocker-" + secrets.token_hex(4),
+    )
+    try:
+        await manager.release(lease)
+        assert await _networks(backend, manager.config.namespace) == [network]
+    finally:
+        await blocker.delete(force=True)
+    await manager.check_health()  # retries the removal
+    assert await _networks(backend, manager.config.namespace) == []
+
+
+async def test_close_removes_a_network_whose_removal_failed(
+    make_manager: ManagerFactory, backend: DockerBackend
+) -> None:
+    manager = await make_manager(health_interval_s=None)
+    lease = await manager.acquire("p", SPEC)
+    [network] = await _networks(backend, manager.config.namespace)
+    blocker = await backend.client.containers.run(
+        {"Image": BASE_IMAGE, "Cmd": ["sleep", "300"], "HostConfig": {"NetworkMode": network}},
+        name="thunder-test-blocker-" + secrets.token_hex(4),
+    )
+    try:
+        await manager.release(lease)
+    finally:
+        await blocker.delete(force=True)
+    await manager.close()
+    assert await _networks(backend, manager.config.namespace) == []

@@ -35,6 +35,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 @dataclass
 class FakeVllm:
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[httpx.Headers] = field(default_factory=list)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -50,6 +51,14 @@ class FakeVllm:
             usage = {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}
             choice = {"index": 0, "message": {"role": "assistant", "content": "ok ok"}, "finish_reason": "stop"}
             return httpx.Response(200, json={"choices": [choice], "usage": usage})
+        if path == "/v1/messages":  # the shape of vLLM's Anthropic Messages API answer
+            self.bodies.append(json.loads(request.content))
+            self.headers.append(request.headers)
+            usage = {"input_tokens": 10, "output_tokens": 2}
+            content = [{"type": "text", "text": "ok ok"}]
+            return httpx.Response(200, json={"id": "m", "type": "message", "content": content, "usage": usage})
+        if path == "/v1/messages/count_tokens":
+            return httpx.Response(200, json={"input_tokens": 10})
         return httpx.Response(404)
 
 
@@ -180,8 +189,28 @@ async def test_program_state_routes_need_the_token(served: Served) -> None:
     assert (await http.get("/thunder/status?disk=0", headers=AUTH)).status_code == 200
     assert (await http.post("/programs/agent-1/release", headers=AUTH)).status_code == 200
     assert served.combined.scheduler.program("agent-1").status is Status.TERMINATED
-    # The OpenAI API and /health stay open (the token would be forwarded to vLLM).
+    # The OpenAI API and /health stay open (a client would have to send its token to any LLM endpoint).
     assert (await http.get("/health")).status_code == 200
+
+
+async def test_anthropic_clients_send_the_token_as_x_api_key_and_it_never_reaches_vllm(served: Served) -> None:
+    http = served.http
+    for headers in ({"x-api-key": "wrong-token-0123456789abcdef"}, {"x-api-key": ""}):
+        assert (await http.get("/programs", headers=headers)).status_code == 401
+    assert (await http.get("/programs", headers={"x-api-key": TOKEN})).status_code == 200
+    scoped = {"x-api-key": PROGRAM_TOKEN}
+    assert (await http.get("/programs/agent-5", headers=scoped)).status_code in (200, 404)
+    assert (await http.get("/programs", headers=scoped)).status_code == 403
+    message = {"model": "claude-x", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    secret = {"x-api-key": TOKEN, "Authorization": f"Bearer {TOKEN}"}
+    response = await http.post("/p/agent-6/v1/messages?beta=true", json=message, headers=secret)
+    assert response.status_code == 200, response.text
+    assert served.combined.scheduler.program("agent-6").tokens == 12
+    assert "x-api-key" not in served.vllm.headers[-1] and "authorization" not in served.vllm.headers[-1]
+    assert (await http.post("/v1/messages/count_tokens", json=message)).json() == {"input_tokens": 10}
+    malformed = await http.post("/p/bad%20id/v1/messages", json=message)
+    assert malformed.status_code == 400 and malformed.json()["error"]["type"] == "invalid_request_error"
+    assert malformed.json()["type"] == "error"
 
 
 async def test_status_and_programs_never_show_mcp_session_ids(served: Served) -> None:

@@ -59,6 +59,9 @@ class MemoryBackend:
     async def remove_managed(self, resource: ManagedResource) -> None:
         self.live.pop(resource.resource_id.removeprefix("c-"), None)
 
+    async def retry_removals(self) -> list[str]:
+        return []
+
     async def storage_path(self) -> str | None:
         return None
 

@@ -165,7 +165,9 @@ async def test_oversubscription_pauses_and_restores_programs(cpu_vllm) -> None:
     async def on_end(pid: str) -> None:
         ends.append(pid)
 
-    policy = PolicyConfig(time_decay=False)  # keep acting programs' caches: deterministic pressure
+    # Keep acting programs' caches (deterministic pressure), memory admission alone (no work-conservation floor:
+    # with nothing running, the floor would serve p4 at once; test_an_idle_engine_serves_... covers that).
+    policy = PolicyConfig(time_decay=False, min_running=0)
     async with scheduler([cpu_vllm.url], on_end, policy=policy) as (_, client):
         size = capacity // 3 - 300  # three fit, four do not
         tokens_per_word = await client.post("/v1/chat/completions", json=chat_body(m, words(500, 9), max_tokens=1))
@@ -241,6 +243,35 @@ async def test_oversubscription_pauses_and_restores_programs(cpu_vllm) -> None:
             if not held.done():  # a failed assertion must not leave the request behind
                 held.cancel()
     assert sorted(ends) == sorted(["p1", other])
+
+
+async def test_an_idle_engine_serves_a_waiting_program_at_once_by_default(cpu_vllm) -> None:
+    """Work conservation on the real engine: two programs hold most of the pool and are acting (nothing
+    runs); a third that does not fit by memory is served at once (floor restore), and the next round brings
+    the held load back under the pool by pausing an acting program."""
+    m = cpu_vllm.model
+    capacity = await cpu_vllm.capacity_tokens()
+    policy = PolicyConfig(time_decay=False)  # default floor: min_running 1
+    assert policy.min_running == 1
+    async with scheduler([cpu_vllm.url], policy=policy) as (_, client):
+        probe = await client.post("/v1/chat/completions", json=chat_body(m, words(500, 19), max_tokens=1))
+        per_word = probe.json()["usage"]["prompt_tokens"] / 500
+        n_words = int((capacity // 2 - 500) / per_word)
+        for i, pid in enumerate(["a", "b"]):
+            r = await client.post(
+                "/v1/chat/completions", json=chat_body(m, words(n_words, 20 + i), max_tokens=4, program_id=pid)
+            )
+            assert r.status_code == 200, r.text
+        body = chat_body(m, words(n_words // 2, 22), max_tokens=4, program_id="c")
+        r = await asyncio.wait_for(client.post("/v1/chat/completions", json=body), 60)
+        assert r.status_code == 200
+        assert "thunder_floor_restores_total 1.0" in (await client.get("/metrics")).text
+
+        async def one_paused() -> bool:
+            statuses = [(await program(client, pid))["status"] for pid in ("a", "b")]
+            return "paused" in statuses
+
+        await wait_for(one_paused, 10, "an acting program to give way")
 
 
 async def test_killed_replica_marks_backend_down_and_program_moves(cpu_vllm) -> None:

@@ -16,6 +16,7 @@ BENCHMARKS = {
     "pool": "thunder_env.bench.pool",
     "disk": "thunder_env.bench.disk",
     "agent": "thunder_env.bench.agent",
+    "chaos": "thunder_env.bench.chaos",
 }
 
 

@@ -17,8 +17,8 @@ import time
 
 from .. import EnvManager, ManagerConfig, SandboxSpec
 from ..docker import DockerBackend
-from .core import _count_entries, _round_trips
-from .stats import p50_ms, p95_ms
+from .core import _round_trips
+from .stats import count_entries, p50_ms, p95_ms
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +61,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             await manager.close()
             namespace = manager.config.namespace
             leaked += len(await with_agent.list_managed({"thunder.namespace": namespace}))
-            leaked += await asyncio.to_thread(_count_entries, with_agent.agent_run_dir / namespace)
+            leaked += await asyncio.to_thread(count_entries, with_agent.agent_run_dir / namespace)
         agent_execs, fallback_execs = with_agent.agent_execs, with_agent.fallback_execs
 
     agent_acquire, plain_acquire = p50_ms(acquire_s[True]), p50_ms(acquire_s[False])

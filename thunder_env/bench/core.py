@@ -17,7 +17,6 @@ import random
 import secrets
 import sys
 import time
-from pathlib import Path
 
 import aiodocker
 
@@ -25,7 +24,7 @@ from .. import EnvManager, ManagerConfig, SandboxSpec
 from ..docker import DockerBackend
 from ..docker.agent_support import engine_exec_only
 from ..docker.lifecycle import container_name
-from .stats import p50_ms, p95_ms
+from .stats import count_entries, p50_ms, p95_ms
 
 COMMANDS = ("echo hello", "cat /etc/passwd", "ls /")
 
@@ -107,7 +106,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         left_leases = sum(len(manager.leases_of(p)) for p in manager.programs())
         await manager.close()
         left_engine = await backend.list_managed({"thunder.namespace": namespace})
-        left_dirs = await asyncio.to_thread(_count_entries, backend.agent_run_dir / namespace)
+        left_dirs = await asyncio.to_thread(count_entries, backend.agent_run_dir / namespace)
         print(
             f"core: {programs} programs in {wall:.1f} s; acquire p95 {p95_ms(acquire_s)} ms; "
             f"exec p95 {p95_ms(exec_s)} ms; raw p95 {p95_ms(raw_s)} ms",
@@ -169,8 +168,3 @@ async def _round_trips(
     finally:
         await manager.end_program("bench-round-trips")
     return exec_s, raw_s
-
-
-def _count_entries(directory: Path) -> int:
-    """Host directories (exec agent sockets) of the run still present."""
-    return len(list(directory.iterdir())) if directory.exists() else 0

@@ -43,7 +43,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     naive = 2 if args.quick else args.naive
     namespace = "bench-disk-" + secrets.token_hex(4)
     spec = SandboxSpec(image=args.image, memory_bytes=256 << 20, pids_limit=64)
-    config = ManagerConfig(namespace=namespace, idle_ttl_s=None, fork_concurrency=4)
+    # No health check: the naive copies are made behind the manager's back with its labels, and the check
+    # would remove them as containers nothing in the manager holds.
+    config = ManagerConfig(namespace=namespace, idle_ttl_s=None, fork_concurrency=4, health_interval_s=None)
     async with DockerBackend() as backend:
         manager = EnvManager(backend, config)
         await manager.start()

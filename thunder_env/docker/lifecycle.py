@@ -186,6 +186,9 @@ class DockerLifecycle(DockerAgentSupport):
             if exc.status != 404:
                 raise
 
+    async def retry_removals(self) -> list[str]:
+        return await self._networks.retry_removals()
+
     async def storage_path(self) -> str | None:
         async with engine_errors():
             info = await self._docker.system.info()

@@ -43,6 +43,7 @@ class ProgramNetworks:
         self._lock = asyncio.Lock()  # creations and removals: a network never goes under a new sandbox
         self._users: dict[str, set[str]] = {}  # network name -> sandboxes on it
         self._network_of: dict[str, str] = {}  # sandbox id -> network name
+        self._unremoved: set[str] = set()  # networks nobody uses whose removal failed: retried
 
     async def attach(self, sandbox_id: str, labels: Mapping[str, str]) -> str:
         """The network a new internal sandbox joins, created if needed; ``detach`` it once it is gone."""
@@ -58,6 +59,7 @@ class ProgramNetworks:
                 )
                 self._users[name] = set()
             self._users[name].add(sandbox_id)
+            self._unremoved.discard(name)  # in use again
             self._network_of[sandbox_id] = name
         return name
 
@@ -74,8 +76,23 @@ class ProgramNetworks:
             self._users.pop(name, None)
             try:
                 await self.remove(name)
-            except BackendError as exc:  # kept for reconcile; a new sandbox of the program reuses it
+            except BackendError as exc:  # retried by retry_removals; a new sandbox of the program reuses it
+                self._unremoved.add(name)
                 log.warning("cannot remove network %s yet: %s", name, exc)
+
+    async def retry_removals(self) -> list[str]:
+        """Remove again the networks whose removal failed and that no sandbox joined since; returns
+        the ones still left (an engine that keeps refusing)."""
+        async with self._lock:
+            for name in sorted(self._unremoved):
+                if name not in self._users:
+                    try:
+                        await self.remove(name)
+                    except BackendError as exc:
+                        log.warning("cannot remove network %s yet: %s", name, exc)
+                        continue
+                self._unremoved.discard(name)
+            return sorted(self._unremoved)
 
     async def list_managed(self, filters: Mapping[str, Any]) -> list[dict[str, Any]]:
         async with engine_errors():
