@@ -39,10 +39,12 @@ vllm: venv
 lint: venv
 	$(PY) -m ruff check .
 
-# The whole suite: fast unit tier first, then the real-Docker tier (env + MCP), then the real-vLLM tier.
+# The whole suite: fast unit tier first, then the real-Docker tier (env + MCP), the engine-restart tier (alone:
+# it restarts dockerd), then the real-vLLM tier.
 test: install vllm lint
 	$(PYTEST) -q tests/unit
 	$(PYTEST) -q tests/docker tests/mcp
+	$(PYTEST) -q tests/chaos
 	$(PYTEST) -q tests/vllm
 
 test-unit: venv
