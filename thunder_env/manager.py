@@ -725,9 +725,7 @@ class EnvManager(ProvisioningMixin):
             await self._sandbox_died(sandbox, reason)
         return [sb.sandbox_id for sb in dead]
 
-    async def _remove_orphans(
-        self, containers: Mapping[str, ManagedResource], retried: set[str] = frozenset()  # type: ignore[assignment]
-    ) -> ReconcileReport:
+    async def _remove_orphans(self, containers: Mapping[str, ManagedResource], retried: set[str]) -> ReconcileReport:
         """Remove containers of this instance that are no sandbox, pool member, preparation or template
         build of this manager: a destroy the engine did not do, a create whose answer was lost and whose
         cleanup failed. A create in flight is safe: its id is in hand before the engine call."""
@@ -736,7 +734,7 @@ class EnvManager(ProvisioningMixin):
             # Judged now, not when the list was taken: no await between this test and the removal.
             if not sandbox_id or sandbox_id in self._sandboxes or sandbox_id in self._in_hand:
                 continue
-            if sandbox_id in retried or sandbox_id in self._unremoved:  # retried by _remove_unremoved
+            if sandbox_id in retried or sandbox_id in self._unremoved:  # _remove_unremoved's to retry
                 continue
             if sandbox_id in self._templates.build_ids:
                 continue

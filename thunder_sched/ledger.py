@@ -264,10 +264,15 @@ class Ledger:
 
     def queue(self) -> Iterator[ProgramView]:
         now = self._now
+        for p in self.queued():
+            yield p.view(now)
+
+    def queued(self) -> Iterator[Program]:
+        """Ready paused programs in the order rounds try them (their live queue entries)."""
         for _, seq, pid in self._queue:
             p = self._ready.get(pid)
             if p is not None and self._entry.get(pid) == seq:
-                yield p.view(now)
+                yield p
 
     def thrash_scope(self) -> Iterable[str]:
         return list(self._dirty)

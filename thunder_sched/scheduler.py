@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import time
@@ -33,7 +34,6 @@ from thunder_sched.policy import (
     ProgramView,
     Status,
     decide_on,
-    restore_order,
 )
 from thunder_sched.program import Program, ProgramInfo, Usage
 from thunder_sched.replicas import BackendPool, HealthChange
@@ -236,9 +236,8 @@ class Scheduler:
         (one-step anonymous requests left out)."""
         if count <= 0:
             return []
-        views = self.views(self._clock())
-        ordered = restore_order(views, self.config.policy)
-        return [v.program_id for v in ordered if not self._programs[v.program_id].ephemeral][:count]
+        ids = (p.program_id for p in self._ledger.queued() if not p.ephemeral)  # the queue rounds read
+        return list(itertools.islice(ids, count))
 
     def ledger_problems(self) -> list[str]:
         """Differences between the incremental loads and a full recount (tests; empty when consistent)."""

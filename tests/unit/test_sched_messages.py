@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.unit.test_sched_proxy import A, FakeVllm, chat, proxy
+from tests.unit.test_sched_proxy import A, FakeVllm, chat, proxy, until_held
 from thunder_sched.app import create_app
 from thunder_sched.cli import parse_model_aliases
 from thunder_sched.config import PolicyConfig, SchedulerConfig
@@ -265,11 +265,7 @@ async def test_a_paused_programs_message_is_held_without_error_then_served() -> 
         held = asyncio.create_task(
             client.post("/v1/messages", json=message("w" * 800, program_id="small", stream=True))
         )
-        for _ in range(100):
-            await asyncio.sleep(0.02)
-            small = (await client.get("/programs/small")).json()
-            if small.get("held"):
-                break
+        small = await until_held(client, "small")
         assert small["status"] == "paused" and small["held"] == 1 and not held.done()
         await client.post("/programs/big/release")
         r = await asyncio.wait_for(held, 5)
@@ -290,10 +286,7 @@ async def test_errors_on_the_messages_routes_have_the_anthropic_shape_and_the_sa
         # A held request whose program is released: 409, as on the OpenAI routes.
         await client.post("/v1/messages", json=message("z" * 3600, program_id="big"))
         held = asyncio.create_task(client.post("/v1/messages", json=message("w" * 800, program_id="small")))
-        for _ in range(100):
-            await asyncio.sleep(0.02)
-            if (await client.get("/programs/small")).json().get("held"):
-                break
+        await until_held(client, "small")
         await client.post("/programs/small/release")
         assert "terminated" in anthropic_error(await asyncio.wait_for(held, 5), 409, "invalid_request_error")
         # Every backend refuses: 503 overloaded_error (Anthropic clients retry it); count_tokens alike.

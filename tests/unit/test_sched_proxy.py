@@ -213,6 +213,18 @@ async def test_tool_events_over_http_and_in_process() -> None:
             await sched.on_tool_event(Event("nope", "t", None, None, None, None, None))
 
 
+async def until_held(client: httpx.AsyncClient, program_id: str) -> dict[str, Any]:
+    """The program's view once its request is held by the scheduler (or after ~2 s of polling)."""
+    info: dict[str, Any] = {}
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        r = await client.get(f"/programs/{program_id}")
+        info = r.json() if r.status_code == 200 else {}
+        if info.get("held"):
+            break
+    return info
+
+
 async def test_paused_program_is_held_then_served_after_release_of_the_other() -> None:
     # 64 blocks x 16 = 1,024 tokens. "big" fills it (and, acting without decay, keeps it).
     ends: list[str] = []
@@ -221,11 +233,7 @@ async def test_paused_program_is_held_then_served_after_release_of_the_other() -
         r = await client.post("/v1/chat/completions", json=chat("z" * 3600, program_id="big"))
         assert r.status_code == 200
         held = asyncio.create_task(client.post("/v1/chat/completions", json=chat("w" * 800, program_id="small")))
-        for _ in range(100):
-            await asyncio.sleep(0.02)
-            small = (await client.get("/programs/small")).json()
-            if small.get("held"):
-                break
+        small = await until_held(client, "small")
         assert small["status"] == "paused" and small["held"] == 1 and not held.done()
         metrics = (await client.get("/metrics")).text
         assert "thunder_programs_waiting 1.0" in metrics
@@ -282,10 +290,7 @@ async def test_release_fails_a_held_request_with_a_clear_error() -> None:
     async with proxy({A: FakeVllm()}, policy=cfg) as (client, _, _):
         await client.post("/v1/chat/completions", json=chat("z" * 3600, program_id="big"))  # 907 of 1,024
         held = asyncio.create_task(client.post("/v1/chat/completions", json=chat("w" * 800, program_id="late")))
-        for _ in range(100):
-            await asyncio.sleep(0.02)
-            if (await client.get("/programs/late")).status_code == 200:
-                break
+        await until_held(client, "late")
         assert (await client.get("/programs/late")).json()["held"] == 1
         await client.post("/programs/late/release")
         r = await asyncio.wait_for(held, 5)
