@@ -121,23 +121,27 @@ class DockerLifecycle(DockerAgentSupport):
     async def destroy(self, sandbox_id: str) -> None:
         self._detach_agent(sandbox_id)
         try:
-            async with engine_errors():
-                container = self._docker.containers.container(container_name(sandbox_id))
-                await container.delete(force=True, v=True)
-        except BackendError as exc:
-            if exc.status == 409 and "already in progress" in str(exc):
-                # Another removal runs; it is not done yet, and dockerd drops it if its caller hung up:
-                # only a container seen gone counts as removed (otherwise the caller retries).
-                await self._until_gone(sandbox_id)
-            elif exc.status != 404:
-                raise
+            await self._delete_container(container_name(sandbox_id))
         finally:
             # Even when the caller gives up half-way (a cancelled reaper): the host directory goes too.
             await asyncio.shield(self._forget_agent(sandbox_id))
         await asyncio.shield(self._networks.detach(sandbox_id))  # the container is gone: its network may go
 
-    async def _until_gone(self, sandbox_id: str) -> None:
-        container = self._docker.containers.container(container_name(sandbox_id))
+    async def _delete_container(self, ref: str) -> None:
+        """Force-remove a container (name or id). Missing: it is gone. A removal already under way (another
+        caller's, or a dead manager's) is not done yet, and dockerd drops it if its caller hung up: only a
+        container seen gone counts as removed (otherwise the caller retries)."""
+        try:
+            async with engine_errors():
+                await self._docker.containers.container(ref).delete(force=True, v=True)
+        except BackendError as exc:
+            if exc.status == 409 and "already in progress" in str(exc):
+                await self._until_gone(ref)
+            elif exc.status != 404:
+                raise
+
+    async def _until_gone(self, ref: str) -> None:
+        container = self._docker.containers.container(ref)
         for _ in range(REMOVAL_POLLS):
             try:
                 async with engine_errors():
@@ -147,7 +151,7 @@ class DockerLifecycle(DockerAgentSupport):
                     return
                 raise
             await asyncio.sleep(REMOVAL_POLL_S)
-        raise BackendError(f"the removal of sandbox {sandbox_id} already under way did not finish; retry it")
+        raise BackendError(f"the removal of container {ref} already under way did not finish; retry it")
 
     async def is_running(self, sandbox_id: str) -> bool:
         try:
@@ -174,11 +178,12 @@ class DockerLifecycle(DockerAgentSupport):
         return found
 
     async def remove_managed(self, resource: ManagedResource) -> None:
+        if resource.kind == "container":
+            await self._delete_container(resource.resource_id)
+            return
         try:
             async with engine_errors():
-                if resource.kind == "container":
-                    await self._docker.containers.container(resource.resource_id).delete(force=True, v=True)
-                elif resource.kind == "image":
+                if resource.kind == "image":
                     await self._docker.images.delete(resource.resource_id, force=True)
                 elif resource.kind == "network":
                     await self._networks.remove(resource.resource_id)
