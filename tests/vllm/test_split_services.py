@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from tests.vllm.test_serve_e2e import engine_leftovers, require_engine
+from thunder_env.docker import DockerBackend
 from thunder_serve.clients.mcp_client import ToolCallError, ToolClient, connect, program_url
 
 pytestmark = pytest.mark.vllm
@@ -155,10 +156,12 @@ async def test_mcp_server_and_scheduler_as_two_processes(cpu_vllm) -> None:
                 released = await http.post(f"{sched_base}/programs/split-1/release")
                 assert released.status_code == 200, released.text
 
-                async def sandbox_gone() -> bool:
-                    return not any(sandbox_1 in leftover for leftover in await engine_leftovers(namespace))
+                async def split_1_ended() -> bool:
+                    return "program split-1 ended (the scheduler ended it)" in mcp.log()
 
-                await wait_for("the MCP server to end split-1", sandbox_gone, mcp)
+                await wait_for("the MCP server to end split-1", split_1_ended, mcp)
+                async with DockerBackend() as backend:  # its sandbox is gone from the engine
+                    assert await backend.list_managed({"thunder.sandbox": sandbox_1}) == []
                 with pytest.raises(ToolCallError, match=r"has ended \(the scheduler ended it\)"):
                     await tools.call("sandbox_list")
 
