@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from .config import check_program_id
+from thunder_common.program_ids import InvalidProgramIdError, check_program_id
+
 from .errors import ProgramBindingError
 
 PROGRAM_HEADER = "x-program-id"
@@ -31,7 +32,7 @@ def bind_request(path_program: str | None, header_program: str | None, token_pro
     for value in named.values():
         try:
             check_program_id(value)
-        except ValueError as exc:
+        except InvalidProgramIdError as exc:
             raise ProgramBindingError(str(exc)) from exc
     if len(set(named.values())) > 1:
         raise ProgramBindingError(

@@ -19,10 +19,11 @@ from collections.abc import Mapping, Sequence
 
 from pydantic import ValidationError
 
+from thunder_common.program_ids import check_program_id
 from thunder_env import EnvManager, ManagerConfig, ThunderError
 from thunder_env.docker import DockerBackend
 
-from .config import HttpConfig, SchedulerLinkConfig, ServerConfig, check_program_id
+from .config import HttpConfig, SchedulerLinkConfig, ServerConfig
 from .delivery import PostSender
 from .http import create_http_app
 from .scheduler_link import SchedulerLink

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import re
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from thunder_common.program_ids import check_program_id
 from thunder_env import SandboxSpec
-
-# Program ids travel in URL paths and headers: keep them to a safe, readable alphabet.
-PROGRAM_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$")
-PROGRAM_ID_RULE = "1-128 characters from A-Z a-z 0-9 . _ : @ + -, starting with a letter or digit"
 
 
 def default_templates() -> dict[str, SandboxSpec]:
@@ -18,12 +13,6 @@ def default_templates() -> dict[str, SandboxSpec]:
         "python": SandboxSpec(image="thunder/python:latest"),
         "base": SandboxSpec(image="thunder/base:latest", memory_bytes=256 << 20),
     }
-
-
-def check_program_id(program_id: str) -> str:
-    if not PROGRAM_ID_PATTERN.match(program_id):
-        raise ValueError(f"invalid program id {program_id!r}: use {PROGRAM_ID_RULE}")
-    return program_id
 
 
 class ServerConfig(BaseModel):

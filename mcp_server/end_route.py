@@ -1,6 +1,7 @@
 """`POST /programs/{program_id}/end`: the scheduler's notifier ends a program here (its sandboxes destroyed).
 
-Only the server token or the notifier token reach it (401 otherwise). An unknown program is a 404; a program
+Only the server token or the notifier token reach it (401 otherwise). A malformed program id is a 400 (the
+rule of thunder_common.program_ids), an unknown program a 404; a program
 that already ended (and is still remembered) answers 200 again, so a retried notification is harmless.
 """
 
@@ -10,8 +11,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
+from thunder_common.program_ids import InvalidProgramIdError, is_program_id
+
 from .auth import reply, token_in
-from .config import PROGRAM_ID_PATTERN
 from .programs import ProgramRegistry
 
 END_PATH = "/programs/{program_id}/end"
@@ -41,9 +43,10 @@ class ProgramEndRoute:
         await response(scope, receive, send)
 
     async def _end(self, program_id: str) -> JSONResponse:
-        known = PROGRAM_ID_PATTERN.match(program_id) is not None and (
-            self.programs.get(program_id) is not None or self.programs.is_ending(program_id)
-        )
+        if not is_program_id(program_id):
+            message = str(InvalidProgramIdError(program_id, "in the URL"))
+            return JSONResponse({"error": "invalid_program_id", "message": message}, status_code=400)
+        known = self.programs.get(program_id) is not None or self.programs.is_ending(program_id)
         if known:
             report = await self.programs.end(program_id, SCHEDULER_REASON, external=True)
             return JSONResponse(

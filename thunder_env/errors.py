@@ -6,9 +6,7 @@ Every error derives from :class:`ThunderError`; where a builtin fits, the subcla
 
 from __future__ import annotations
 
-
-class ThunderError(Exception):
-    """Root of every error Thunder raises on purpose."""
+from thunder_common.errors import ThunderError
 
 
 class SandboxNotFoundError(ThunderError, LookupError):

@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from thunder_common.program_ids import check_program_id as _check_program_id
+
 from . import files
 from .backend import BackendSandbox, ExecRequest, ManagedResource, SandboxBackend
 from .config import ManagerConfig
@@ -803,6 +805,3 @@ def _death_reason(exc: Exception) -> str:
     return "its container is gone" if isinstance(exc, SandboxNotFoundError) else "its container is not running"
 
 
-def _check_program_id(program_id: str) -> None:
-    if not program_id or len(program_id) > 200 or any(c in program_id for c in "\0\n,="):
-        raise InvalidSpecError(f"invalid program id {program_id!r}: 1-200 chars without NUL, newline, ',' or '='")

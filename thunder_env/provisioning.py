@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from thunder_common.program_ids import check_program_id as _check_program_id
+
 from .backend import BackendSandbox, SandboxBackend
 from .config import ManagerConfig
 from .diskguard import DiskLimitWatch, DiskOverrun
@@ -413,12 +415,6 @@ class ProvisioningMixin:
         task = asyncio.create_task(coro)
         self._gc_tasks.add(task)
         task.add_done_callback(self._gc_tasks.discard)
-
-
-def _check_program_id(program_id: str) -> None:
-    from .manager import _check_program_id as check  # manager.py imports this module: import late
-
-    check(program_id)
 
 
 __all__ = ["POOL_PROGRAM", "ProvisioningMixin"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from thunder_common.program_ids import InvalidProgramIdError, check_program_id
+
 
 class SchedulerError(Exception):
     """Root of every error raised by thunder_sched."""
@@ -70,6 +72,14 @@ class ReplicaError(SchedulerError, ConnectionError):
         super().__init__(f"backend {backend} failed: {detail}")
         self.backend = backend
         self.detail = detail
+
+
+def program_id_or_400(value: object, where: str = "") -> str:
+    """The one program-id rule (thunder_common.program_ids) at the scheduler's entry points: a 400 if broken."""
+    try:
+        return check_program_id(value, where)
+    except InvalidProgramIdError as exc:
+        raise BadRequestError(str(exc)) from exc
 
 
 # The Anthropic error types (https://docs.anthropic.com/en/api/errors) for the Messages API routes.

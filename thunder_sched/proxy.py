@@ -20,7 +20,13 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from thunder_sched.config import MODEL_ALIAS_DEFAULT
-from thunder_sched.errors import BadRequestError, NoBackendError, ReplicaError, anthropic_error_body
+from thunder_sched.errors import (
+    BadRequestError,
+    NoBackendError,
+    ReplicaError,
+    anthropic_error_body,
+    program_id_or_400,
+)
 from thunder_sched.program import Usage
 from thunder_sched.scheduler import Admission, Scheduler
 from thunder_sched.sse import MessagesUsageTracker, UsageTracker, parse_messages_usage, parse_usage
@@ -110,9 +116,7 @@ def take_program_id(body: dict[str, Any], headers: Mapping[str, str]) -> str | N
     pid = str(from_body) if from_body is not None else from_header
     if from_body is not None and from_header is not None and str(from_body) != from_header:
         raise BadRequestError(f"program_id {from_body!r} in the body differs from X-Program-Id {from_header!r}")
-    if pid is not None and not pid.strip():
-        raise BadRequestError("program_id must not be empty")
-    return pid
+    return None if pid is None else program_id_or_400(pid)
 
 
 async def until_disconnected(request: Request) -> None:

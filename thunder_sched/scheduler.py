@@ -22,7 +22,13 @@ from typing import Any
 import httpx
 
 from thunder_sched.config import SchedulerConfig
-from thunder_sched.errors import BadRequestError, NoBackendError, ProgramNotFoundError, ProgramTerminatedError
+from thunder_sched.errors import (
+    BadRequestError,
+    NoBackendError,
+    ProgramNotFoundError,
+    ProgramTerminatedError,
+    program_id_or_400,
+)
 from thunder_sched.events import ToolEventLike
 from thunder_sched.ledger import Ledger
 from thunder_sched.notifier import ProgramEndCallback, ProgramEndNotifier
@@ -42,7 +48,6 @@ from thunder_sched.tool_model import ToolDurationModel, tool_key
 
 log = logging.getLogger(__name__)
 
-MAX_PROGRAM_ID = 256
 MAX_PREFIXES = 4096  # shared prefixes remembered (their token counts)
 
 
@@ -347,8 +352,8 @@ class Scheduler:
     async def admit(self, program_id: str | None, endpoint: Endpoint, body: dict[str, Any]) -> Admission:
         """Register the request with its program and wait until the program is ACTIVE on a usable backend.
         A paused program's request is held here, without error, until the policy restores it."""
-        if program_id is not None and not (0 < len(program_id) <= MAX_PROGRAM_ID):
-            raise BadRequestError(f"program_id must be 1..{MAX_PROGRAM_ID} characters")
+        if program_id is not None:
+            program_id_or_400(program_id)
         ephemeral = program_id is None
         pid = program_id if program_id is not None else f"anon-{uuid.uuid4().hex}"
         chars, estimate = await self._estimate(None if ephemeral else self._program(pid), endpoint, body)
@@ -523,8 +528,7 @@ class Scheduler:
         pid = getattr(event, "program_id", None)
         if kind not in ("tool_start", "tool_end"):
             raise BadRequestError(f"tool event kind must be 'tool_start' or 'tool_end', got {kind!r}")
-        if not isinstance(pid, str) or not (0 < len(pid) <= MAX_PROGRAM_ID):
-            raise BadRequestError(f"tool event program_id must be 1..{MAX_PROGRAM_ID} characters, got {pid!r}")
+        pid = program_id_or_400(pid, "in the tool event")
         if pid in self._terminated:
             log.debug("ignoring %s for terminated program %s", kind, pid)
             return
@@ -615,7 +619,7 @@ class Scheduler:
 
     def release(self, program_id: str, *, notify: bool = True) -> ProgramInfo:
         """End a program. ``notify=False``: its environment side asked and ended it already (no echo)."""
-        p = self._programs.get(program_id)
+        p = self._programs.get(program_id_or_400(program_id))
         if p is None:
             raise ProgramNotFoundError(program_id)
         info = self._terminate(p, "released", notify=notify)
@@ -674,7 +678,7 @@ class Scheduler:
         return [*live, *self._terminated.values()] if include_terminated else live
 
     def program(self, program_id: str) -> ProgramInfo:
-        p = self._programs.get(program_id)
+        p = self._programs.get(program_id_or_400(program_id))
         if p is not None:
             return p.info(self._clock())
         if program_id in self._terminated:

@@ -12,7 +12,7 @@ from urllib.parse import unquote
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_server.config import PROGRAM_ID_RULE, check_program_id
+from thunder_common.program_ids import InvalidProgramIdError, check_program_id
 from thunder_sched.errors import anthropic_error_body
 
 PROGRAM_API_PATH = "/p/{program_id}/v1/{rest:path}"
@@ -30,10 +30,9 @@ class ProgramScopedApi:
         program_id = unquote(str(params.get("program_id", "")))
         anthropic = str(params.get("rest", "")).startswith("messages")  # errors in the API's own shape
         try:
-            check_program_id(program_id)
-        except ValueError:
-            message = f"invalid program id {program_id!r} in the URL: use {PROGRAM_ID_RULE}"
-            await _error(send, 400, message, anthropic=anthropic)
+            check_program_id(program_id, "in the URL")
+        except InvalidProgramIdError as exc:
+            await _error(send, 400, str(exc), anthropic=anthropic)
             return
         headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != _HEADER]
         named = [v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == _HEADER]

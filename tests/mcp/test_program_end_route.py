@@ -39,7 +39,8 @@ async def test_the_scheduler_ends_a_program_once_and_its_sandboxes_go(http_targe
 
     unknown = await end(http_target, "never-seen", NOTIFIER_TOKEN)
     assert unknown.status_code == 404 and "never-seen" in unknown.json()["message"]
-    assert (await end(http_target, "bad%20id", NOTIFIER_TOKEN)).status_code == 404
+    malformed = await end(http_target, "bad%20id", NOTIFIER_TOKEN)  # the one program-id rule: a 400 naming it
+    assert malformed.status_code == 400 and "invalid program id 'bad id'" in malformed.json()["message"]
 
 
 async def test_the_notifier_token_does_not_reach_the_mcp_endpoints(http_target: HttpTarget) -> None:

@@ -2,8 +2,9 @@
 
 `thunder_env`, `mcp_server` and `thunder_sched` never import each other except `mcp_server -> thunder_env`;
 only the product `thunder_serve` imports all three; its agent-side `thunder_serve.clients` imports none of
-them. And no module of the repository's packages is in an import cycle (imports under `if TYPE_CHECKING:` do
-not count: they never run), except the cycles listed, exactly, in KNOWN_CYCLES.
+them. `thunder_common` (the error root, the program-id rule) sits below all of them: every package may import
+it, it imports none. And no module of the repository's packages is in an import cycle (imports under
+`if TYPE_CHECKING:` do not count: they never run), except the cycles listed, exactly, in KNOWN_CYCLES.
 """
 
 from __future__ import annotations
@@ -16,27 +17,22 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("thunder_env", "mcp_server", "thunder_sched", "thunder_serve")
+PACKAGES = ("thunder_common", "thunder_env", "mcp_server", "thunder_sched", "thunder_serve")
 
 # Which repository packages a scope may import besides its own top-level package. The longest scope that
 # contains a module applies (thunder_serve.clients before thunder_serve).
 ALLOWED: Mapping[str, frozenset[str]] = {
-    "thunder_env": frozenset(),
-    "mcp_server": frozenset({"thunder_env"}),
-    "thunder_sched": frozenset(),
-    "thunder_serve": frozenset({"thunder_env", "mcp_server", "thunder_sched"}),
-    "thunder_serve.clients": frozenset(),  # agent-side: reaches the server over HTTP only
+    "thunder_common": frozenset(),
+    "thunder_env": frozenset({"thunder_common"}),
+    "mcp_server": frozenset({"thunder_common", "thunder_env"}),
+    "thunder_sched": frozenset({"thunder_common"}),
+    "thunder_serve": frozenset({"thunder_common", "thunder_env", "mcp_server", "thunder_sched"}),
+    "thunder_serve.clients": frozenset({"thunder_common"}),  # agent-side: reaches the server over HTTP only
 }
 
-# Runtime import cycles that exist today, each the exact set of modules of one cycle. Issue 12 item 2
-# removes them; the test fails when a listed cycle is gone, so that its entry is removed with the fix.
-KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset(
-    {
-        # manager.py imports the ProvisioningMixin; provisioning.py imports manager's program-id check inside
-        # a function (issue 12 item 2: a composed provisioner; item 3: one program-id rule).
-        frozenset({"thunder_env.manager", "thunder_env.provisioning"}),
-    }
-)
+# Runtime import cycles allowed for now, each the exact set of modules of one cycle (none today); the test
+# fails when a listed cycle is gone, so that its entry is removed with the fix.
+KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset()
 
 
 @dataclass(frozen=True)
