@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from .config import SchedulerLinkConfig
+from .errors import McpServerError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class Post:
     body: dict[str, Any] | None = None
 
 
-class TransientError(Exception):
+class TransientError(McpServerError):
     """A failure worth another attempt."""
 
 

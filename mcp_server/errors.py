@@ -12,10 +12,15 @@ from collections.abc import Iterator
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import ValidationError
 
-from thunder_env.errors import InvalidSpecError, ProgramEndedError, ThunderError
+from thunder_common.errors import ThunderError
+from thunder_env.errors import InvalidSpecError, ProgramEndedError
 
 
-class AccessDeniedError(ThunderError, PermissionError):
+class McpServerError(ThunderError):
+    """Root of the MCP front-end's own errors (errors of the env manager pass through as they are)."""
+
+
+class AccessDeniedError(McpServerError, PermissionError):
     """The calling program holds no lease on the sandbox (another program does)."""
 
     def __init__(self, sandbox_id: str, program_id: str) -> None:
@@ -27,7 +32,7 @@ class AccessDeniedError(ThunderError, PermissionError):
         )
 
 
-class SnapshotAccessError(ThunderError, LookupError):
+class SnapshotAccessError(McpServerError, LookupError):
     """The snapshot is unknown to the calling program (never taken by it, or already gone)."""
 
     def __init__(self, snapshot_id: str, program_id: str) -> None:
@@ -39,7 +44,7 @@ class SnapshotAccessError(ThunderError, LookupError):
         )
 
 
-class PathOutsideSandboxError(InvalidSpecError):
+class PathOutsideSandboxError(McpServerError, InvalidSpecError):
     """A file path resolves (through '..' or symlinks) outside the directories file tools may touch."""
 
     def __init__(self, path: str, resolved: str, roots: tuple[str, ...]) -> None:
@@ -53,7 +58,7 @@ class PathOutsideSandboxError(InvalidSpecError):
         )
 
 
-class ProgramAccessError(ThunderError, PermissionError):
+class ProgramAccessError(McpServerError, PermissionError):
     """A call names another program the caller may not name (sandbox_share toward an unknown program)."""
 
     def __init__(self, program_id: str) -> None:
@@ -64,11 +69,11 @@ class ProgramAccessError(ThunderError, PermissionError):
         )
 
 
-class ProgramBindingError(ThunderError):
+class ProgramBindingError(McpServerError):
     """A request does not say which program it belongs to, or says so inconsistently."""
 
 
-class ProgramRetiredError(ProgramEndedError):
+class ProgramRetiredError(McpServerError, ProgramEndedError):
     """A call names a program that has already ended."""
 
     def __init__(self, program_id: str, reason: str) -> None:
@@ -80,7 +85,7 @@ class ProgramRetiredError(ProgramEndedError):
         )
 
 
-class LimitError(ThunderError):
+class LimitError(McpServerError):
     """A cap of the server is reached: the call is refused and changes nothing; it succeeds again once
     below the cap."""
 
@@ -120,7 +125,7 @@ class ProgramLimitError(LimitError):
         )
 
 
-class TextNotFoundError(ThunderError, LookupError):
+class TextNotFoundError(McpServerError, LookupError):
     """file_edit: the text to replace is absent, or present more than once."""
 
 

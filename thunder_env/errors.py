@@ -1,6 +1,7 @@
 """Typed errors of the environment manager.
 
-Every error derives from :class:`ThunderError`; where a builtin fits, the subclass also inherits it
+Every error derives from :class:`EnvError`, this component's root below Thunder's ``ThunderError``
+(thunder_common.errors); where a builtin fits, the subclass also inherits it
 (``KeyError``, ``TimeoutError``...) so callers can catch either. Messages say what to do next.
 """
 
@@ -9,14 +10,18 @@ from __future__ import annotations
 from thunder_common.errors import ThunderError
 
 
-class SandboxNotFoundError(ThunderError, LookupError):
+class EnvError(ThunderError):
+    """Root of the environment manager's errors (sandboxes, leases, backends, images)."""
+
+
+class SandboxNotFoundError(EnvError, LookupError):
     def __init__(self, sandbox_id: str, hint: str = "") -> None:
         self.sandbox_id = sandbox_id
         msg = f"unknown sandbox {sandbox_id!r}"
         super().__init__(f"{msg}: {hint}" if hint else f"{msg}: list sandboxes to see the live ones")
 
 
-class LeaseReleasedError(ThunderError):
+class LeaseReleasedError(EnvError):
     def __init__(self, lease_id: str, sandbox_id: str, reason: str) -> None:
         self.lease_id = lease_id
         self.sandbox_id = sandbox_id
@@ -27,24 +32,24 @@ class LeaseReleasedError(ThunderError):
         )
 
 
-class ProgramEndedError(ThunderError):
+class ProgramEndedError(EnvError):
     def __init__(self, program_id: str) -> None:
         self.program_id = program_id
         super().__init__(f"program {program_id!r} has ended; start a new program id to continue")
 
 
-class ManagerClosedError(ThunderError):
+class ManagerClosedError(EnvError):
     """The manager is closing or closed: it starts nothing more (a racing start is destroyed)."""
 
     def __init__(self) -> None:
         super().__init__("this environment manager is shutting down or closed; it starts no new sandboxes")
 
 
-class InvalidSpecError(ThunderError, ValueError):
+class InvalidSpecError(EnvError, ValueError):
     """A sandbox spec or an operation's argument is not acceptable."""
 
 
-class ImageNotFoundError(ThunderError, LookupError):
+class ImageNotFoundError(EnvError, LookupError):
     def __init__(self, image: str) -> None:
         self.image = image
         super().__init__(
@@ -53,11 +58,11 @@ class ImageNotFoundError(ThunderError, LookupError):
         )
 
 
-class ResourceExhaustedError(ThunderError):
+class ResourceExhaustedError(EnvError):
     """The host is too short of disk or memory to start another sandbox safely."""
 
 
-class BackendError(ThunderError):
+class BackendError(EnvError):
     """The container engine failed in a way the caller cannot fix by changing arguments."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
@@ -96,7 +101,7 @@ class CommandStartUnknownError(BackendError):
         )
 
 
-class SandboxDeadError(ThunderError):
+class SandboxDeadError(EnvError):
     def __init__(self, sandbox_id: str, detail: str = "") -> None:
         self.sandbox_id = sandbox_id
         super().__init__(
@@ -105,7 +110,7 @@ class SandboxDeadError(ThunderError):
         )
 
 
-class FileOperationError(ThunderError, OSError):
+class FileOperationError(EnvError, OSError):
     """A file operation inside a sandbox failed (missing path, not a file, ...)."""
 
     def __init__(self, path: str, message: str) -> None:
@@ -127,11 +132,11 @@ class FileTooLargeError(FileOperationError):
         )
 
 
-class PortExposeError(ThunderError):
+class PortExposeError(EnvError):
     """A port could not be exposed (sandbox without network, bad port number...)."""
 
 
-class ProcessNotFoundError(ThunderError, LookupError):
+class ProcessNotFoundError(EnvError, LookupError):
     def __init__(self, process_id: str) -> None:
         self.process_id = process_id
         super().__init__(f"unknown background process {process_id!r}; it may belong to a released sandbox")

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from .backend import BackendSandbox, SandboxLifecycle
-from .errors import ThunderError
+from .errors import EnvError
 from .results import PoolInfo
 from .spec import SandboxSpec
 
@@ -173,7 +173,7 @@ class PoolSet:
     async def wait(self, spec: SandboxSpec, at_least: int | None, timeout_s: float) -> PoolInfo:
         pool = self._pools.get(spec.key())
         if pool is None:
-            raise ThunderError("no pool for this spec: configure_pool() it first")
+            raise EnvError("no pool for this spec: configure_pool() it first")
         async with asyncio.timeout(timeout_s), pool.changed:
             await pool.changed.wait_for(lambda: len(pool.warm) >= (pool.target() if at_least is None else at_least))
         return pool.info()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .backend import SnapshotBackend
-from .errors import BackendError, ResourceExhaustedError, ThunderError
+from .errors import BackendError, EnvError, ResourceExhaustedError
 from .results import SnapshotInfo
 from .spec import SandboxSpec
 
@@ -29,7 +29,7 @@ SnapshotKind = Literal["snapshot", "template"]
 LabelFactory = Callable[[str, str], Mapping[str, str]]  # (program, sandbox) -> the manager's labels
 
 
-class SnapshotNotFoundError(ThunderError, LookupError):
+class SnapshotNotFoundError(EnvError, LookupError):
     def __init__(self, snapshot_id: str) -> None:
         self.snapshot_id = snapshot_id
         super().__init__(

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .backend import ExecRequest, SandboxBackend
-from .errors import ThunderError
+from .errors import EnvError
 from .results import ExecResult
 from .snapshots import TEMPLATE_HOLDER, Snapshot, SnapshotStore
 from .spec import SandboxSpec
@@ -31,7 +31,7 @@ STEP_OUTPUT_LIMIT = 64 << 10
 MAX_BUILD_ATTEMPTS = 3
 
 
-class TemplateBuildError(ThunderError):
+class TemplateBuildError(EnvError):
     """A setup step failed; carries the step and what it printed."""
 
     def __init__(self, template_key: str, step_index: int, step: str, result: ExecResult | None, detail: str) -> None:
@@ -109,7 +109,7 @@ class TemplateBuilder:
             snapshot = await self._wait(key, build)
             if self._store.find(snapshot.snapshot_id) is not None:
                 return snapshot
-        raise ThunderError(
+        raise EnvError(
             f"template {key} was evicted as soon as it was built {MAX_BUILD_ATTEMPTS} times: "
             "raise disk_budget_bytes above the template's size"
         )

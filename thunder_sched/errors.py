@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from thunder_common.errors import ThunderError
 from thunder_common.program_ids import InvalidProgramIdError, check_program_id
 
 
-class SchedulerError(Exception):
-    """Root of every error raised by thunder_sched."""
+class SchedulerError(ThunderError):
+    """Root of every error raised by thunder_sched (below Thunder's ThunderError)."""
 
     status_code: int = 500
     error_type: str = "scheduler_error"

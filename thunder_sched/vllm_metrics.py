@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from thunder_sched.errors import SchedulerError
+
 CACHE_CONFIG_INFO = "vllm:cache_config_info"
 KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
 KV_CACHE_USAGE_OLD = "vllm:gpu_cache_usage_perc"  # name before vLLM 0.9, exported alongside until removed
@@ -32,7 +34,7 @@ _ESCAPES = {"\\": "\\", '"': '"', "n": "\n"}
 _Series = list[tuple[dict[str, str], float]]
 
 
-class MetricsError(ValueError):
+class MetricsError(SchedulerError, ValueError):
     """The /metrics text is malformed or inconsistent (a prober counts it as a failed probe)."""
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from thunder_sched.errors import SchedulerError
+from thunder_common.errors import ThunderError
 
 
-class CombinedError(SchedulerError):
-    """Root of the errors raised by `thunder serve`, `thunder status` and `thunder demo`."""
-
-    error_type = "combined_error"
+class CombinedError(ThunderError):
+    """Root of the errors raised by `thunder serve`, `thunder status` and `thunder demo` (the product package)."""
 
 
 class StatusUnavailableError(CombinedError, ConnectionError):

@@ -14,7 +14,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-from ..errors import ThunderError
+from ..errors import EnvError
 
 DEFAULT_CACHE_DIR = Path("/var/lib/thunder")
 BINARY_NAME = "thunder-agent"
@@ -22,7 +22,7 @@ CFLAGS = ("-static", "-O2", "-Wall", "-Wextra")
 GCC_HINT = "apt-get install gcc libc6-dev"
 
 
-class AgentBuildError(ThunderError):
+class AgentBuildError(EnvError):
     """The agent binary could not be built (no compiler, no static libc, a compile error)."""
 
 

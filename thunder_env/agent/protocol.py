@@ -13,6 +13,8 @@ import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from ..errors import EnvError
+
 PROTOCOL_VERSION = 1
 MARKER_VAR = "THUNDER_EXEC_ID"
 HEADER = struct.Struct(">BI")
@@ -60,7 +62,7 @@ FAILURE_NAMES = {
 }
 
 
-class ProtocolError(ValueError):
+class ProtocolError(EnvError, ValueError):
     """Bytes that are not a valid frame sequence, or a request the protocol cannot carry."""
 
 

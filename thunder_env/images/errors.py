@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from thunder_env.errors import ThunderError
+from thunder_env.errors import EnvError
 
 
-class ImageError(ThunderError):
+class ImageError(EnvError):
     """Root of every error raised while loading recipes or building images."""
 
 

@@ -16,10 +16,11 @@ from thunder_sched.bench.cpu import group_cpu_seconds
 from thunder_sched.bench.stats import percentile
 from thunder_sched.bench.stream import StreamError, read_stream
 from thunder_sched.bench.workload import ProgramSpec, WorkloadConfig
+from thunder_sched.errors import SchedulerError
 from thunder_sched.vllm_metrics import counter_total, gauge_value
 
 
-class BenchError(RuntimeError):
+class BenchError(SchedulerError, RuntimeError):
     """A run could not complete (a request failed or the run exceeded its time limit)."""
 
 

@@ -7,8 +7,10 @@ import time
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field
 
+from thunder_sched.errors import SchedulerError
 
-class StreamError(ValueError):
+
+class StreamError(SchedulerError, ValueError):
     """The stream ended without the usage chunk (asked for with `include_usage`)."""
 
 

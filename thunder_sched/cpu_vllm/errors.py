@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from thunder_sched.errors import SchedulerError
 
-class CpuVllmError(Exception):
-    """Root of every error raised by `thunder_sched.cpu_vllm`."""
+
+class CpuVllmError(SchedulerError):
+    """Root of every error raised by `thunder_sched.cpu_vllm` (part of the scheduler package)."""
 
 
 class VenvError(CpuVllmError):
