@@ -14,6 +14,7 @@ from pathlib import Path
 import aiodocker
 import pytest
 
+from thunder_common.locks import file_lock
 from thunder_env.errors import BackendUnavailableError
 from thunder_env.images import ensure_images, procs
 from thunder_env.images.apt_sources import (
@@ -42,7 +43,6 @@ from thunder_env.images.errors import (
 )
 from thunder_env.images.finish import add_user, prune
 from thunder_env.images.hashing import recipe_hash
-from thunder_env.images.locks import file_lock
 from thunder_env.images.recipes import (
     BusyboxRecipe,
     DebootstrapRecipe,

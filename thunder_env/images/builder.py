@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import aiodocker
 
+from thunder_common.locks import file_lock
 from thunder_env.images import busybox, debootstrap, finish, tarball, treetar
 from thunder_env.images.apt_sources import DebianSource
 from thunder_env.images.engine import (
@@ -36,7 +37,6 @@ from thunder_env.images.engine import (
 )
 from thunder_env.images.errors import ImageBuildError, ImageError
 from thunder_env.images.hashing import file_sha256, recipe_hash
-from thunder_env.images.locks import file_lock
 from thunder_env.images.recipes import (
     BusyboxRecipe,
     Recipe,

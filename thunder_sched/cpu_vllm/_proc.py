@@ -1,14 +1,13 @@
-"""Async helpers shared by the venv, model and server modules: logged subprocesses, log tails, file locks."""
+"""Async helpers shared by the venv, model and server modules: logged subprocesses, log tails (file locks:
+thunder_common.locks)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 Progress = Callable[[str], None]
@@ -96,25 +95,3 @@ async def run_logged(
         raise
 
 
-@contextlib.asynccontextmanager
-async def file_lock(path: Path, *, progress: Progress, what: str) -> AsyncIterator[None]:
-    """Exclusive advisory lock across processes (the kernel drops it if the holder dies).
-
-    Polls with a non-blocking `flock` so the event loop is never blocked while another process holds it.
-    """
-    await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
-    fd = await asyncio.to_thread(os.open, path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        waited = 0.0
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if waited % 30.0 == 0.0:
-                    progress(f"waiting for another process that holds {path} ({what})")
-                await asyncio.sleep(0.5)
-                waited += 0.5
-        yield
-    finally:
-        os.close(fd)  # releases the lock

@@ -15,7 +15,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._proc import Progress, file_lock, run_logged, stderr_progress, tail
+from thunder_common.locks import file_lock
+
+from ._proc import Progress, run_logged, stderr_progress, tail
 from .errors import ModelError, ModelSpecError
 
 GENERATOR = Path(__file__).with_name("_generate_model.py")
@@ -91,7 +93,9 @@ async def ensure_model(
     target = models_dir / f"thunder-tiny-{digest}"
     if await asyncio.to_thread(_is_complete, target):
         return target
-    async with file_lock(models_dir / f".{digest}.lock", progress=progress, what="model generation"):
+    lock = models_dir / f".{digest}.lock"
+    waiting = f"waiting for another process that holds {lock} (model generation)"
+    async with file_lock(lock, on_wait=lambda: progress(waiting)):
         if await asyncio.to_thread(_is_complete, target):
             return target
         await _generate(python, spec, target, progress)

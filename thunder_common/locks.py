@@ -1,4 +1,5 @@
-"""One build per recipe at a time across processes: an advisory lock file, waited on without blocking."""
+"""One holder at a time across processes (an image build per recipe, a vLLM venv install, a model's
+generation): an advisory lock file, waited on without blocking the event loop."""
 
 from __future__ import annotations
 
