@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 from collections.abc import Mapping, Sequence
 from urllib.parse import unquote
@@ -13,6 +12,8 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from starlette.authentication import AuthCredentials
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from thunder_common.asgi import send_json
 
 from .binding import PRINCIPAL_STATE_KEY, PROGRAM_HEADER, SCOPE_STATE_KEY, bind_request
 from .errors import ProgramBindingError
@@ -121,8 +122,4 @@ def _route_path(scope: Scope) -> str:
 
 
 async def reply(send: Send, status: int, error: str, message: str, extra: Mapping[str, str] | None = None) -> None:
-    body = json.dumps({"error": error, "message": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, status, {"error": error, "message": message}, extra)

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_server import HttpConfig, ThunderServer, build_server, create_http_app, http_lifespan
+from thunder_common.asgi import send_json
 from thunder_env.backend import SandboxBackend
 from thunder_env.docker import DockerBackend
 from thunder_sched.app import create_app, get_scheduler
@@ -204,12 +204,8 @@ def _digest(token: str) -> bytes:
 
 
 async def _deny(send: Send, status: int, error: str, message: str) -> None:
-    body = json.dumps({"error": error, "message": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b'Bearer realm="thunder"'))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    extra = {"www-authenticate": 'Bearer realm="thunder"'} if status == 401 else None
+    await send_json(send, status, {"error": error, "message": message}, extra)
 
 
 @contextlib.asynccontextmanager

@@ -7,11 +7,11 @@ different `program_id` in the body is refused by the scheduler, as for any reque
 
 from __future__ import annotations
 
-import json
 from urllib.parse import unquote
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from thunder_common.asgi import send_json
 from thunder_common.program_ids import InvalidProgramIdError, check_program_id
 from thunder_sched.errors import anthropic_error_body
 
@@ -55,12 +55,4 @@ async def _error(send: Send, status: int, message: str, *, anthropic: bool) -> N
         shaped = anthropic_error_body("invalid_request_error", message)
     else:
         shaped = {"error": {"message": message, "type": "invalid_request_error", "code": status}}
-    body = json.dumps(shaped).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, status, shaped)
