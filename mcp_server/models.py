@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from .processes import ProcessStatus
+from thunder_env.processes import ProcessStatus
 
 
 class ToolResult(BaseModel):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from thunder_env import EnvManager, Lease, SandboxNotFoundError
+from thunder_env.processes import ExecProcess
 
 from .config import ServerConfig, check_program_id
 from .errors import (
@@ -27,7 +28,6 @@ from .errors import (
     ProgramLimitError,
     ProgramRetiredError,
 )
-from .processes import ExecProcess
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -23,7 +23,7 @@ from .errors import (
 from .events import EventBus, SandboxEvent, ToolEvent
 from .leases import Lease
 from .manager import DEFAULT, EnvManager
-from .results import CapturedOutput, ExecResult, FileEntry, OutputChunk, PortBinding, ProcessOutput, SandboxInfo
+from .results import CapturedOutput, ExecResult, FileEntry, OutputChunk, PortBinding, SandboxInfo
 from .spec import SandboxSpec
 
 __all__ = [
@@ -49,7 +49,6 @@ __all__ = [
     "PortBinding",
     "PortExposeError",
     "ProcessNotFoundError",
-    "ProcessOutput",
     "ResourceExhaustedError",
     "SandboxDeadError",
     "SandboxEvent",

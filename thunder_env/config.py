@@ -18,7 +18,6 @@ class ManagerConfig(BaseModel):
     default_exec_timeout_s: float = Field(default=600.0, gt=0)
     max_exec_timeout_s: float = Field(default=24 * 3600.0, gt=0)
     output_limit_bytes: int = Field(default=1 << 20, ge=1024)
-    background_buffer_bytes: int = Field(default=4 << 20, ge=1024)
     max_read_bytes: int = Field(default=64 << 20, ge=1024)
     # Refuse new sandboxes below these host reserves instead of letting the host fall over.
     min_free_disk_bytes: int = Field(default=2 << 30, ge=0)

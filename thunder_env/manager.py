@@ -27,19 +27,16 @@ from .errors import (
     LeaseReleasedError,
     ManagerClosedError,
     PortExposeError,
-    ProcessNotFoundError,
     SandboxDeadError,
     SandboxesNotDestroyedError,
     SandboxNotFoundError,
 )
 from .events import EventBus, SandboxEvent, ToolEvent, ToolEventListener, command_word
 from .leases import Lease, LeaseTable
-from .output import RollingBuffer
 from .ports import PortForwarder
-from .processes import BackgroundProcess
 from .provisioning import ProvisioningMixin
 from .reconcile import OwnerIdentity, ReconcileReport, reconcile_namespace
-from .results import ExecResult, FileEntry, OutputChunk, PortBinding, ProcessOutput, SandboxInfo
+from .results import ExecResult, FileEntry, OutputChunk, PortBinding, SandboxInfo
 from .spec import SandboxSpec
 
 log = logging.getLogger(__name__)
@@ -72,7 +69,6 @@ class _Sandbox:
     state: SandboxState = "ready"
     forwarders: dict[int, PortForwarder] = field(default_factory=dict)
     port_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one forwarder per port, never two
-    processes: dict[str, BackgroundProcess] = field(default_factory=dict)
     linger_task: asyncio.Task[None] | None = None
     gone: asyncio.Event = field(default_factory=asyncio.Event)  # set once its destroy has finished
     busy: int = 0  # operations in flight: an idle reaper must not pull the floor from under them
@@ -101,7 +97,6 @@ class EnvManager(ProvisioningMixin):
         self._clock = clock
         self._leases = LeaseTable()
         self._sandboxes: dict[str, _Sandbox] = {}
-        self._processes: dict[str, BackgroundProcess] = {}
         self._storage_path: str | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._reaping: asyncio.Task[list[str]] | None = None
@@ -350,59 +345,6 @@ class EnvManager(ProvisioningMixin):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    async def start_process(
-        self,
-        lease: Lease,
-        command: Command,
-        *,
-        timeout_s: float | None = None,
-        env: Mapping[str, str] | None = None,
-        workdir: str | None = None,
-        stdin: bytes | None = None,
-        user: str | None = None,
-    ) -> str:
-        """Start a background command; poll it with ``process_output``. Returns its process id."""
-        sandbox = self._checked(lease)
-        request = self._request(sandbox, command, timeout_s, env, workdir, stdin, user, None)
-        process = BackgroundProcess(
-            process_id="proc-" + secrets.token_hex(6),
-            sandbox_id=sandbox.sandbox_id,
-            program_id=lease.program_id,
-            marker=request.marker,
-            user=request.user,
-            stdout=RollingBuffer(self.config.background_buffer_bytes),
-            stderr=RollingBuffer(self.config.background_buffer_bytes),
-        )
-        async with self._tool_call(lease, sandbox, "process_start", command_word(request.argv)):
-            process.task = asyncio.create_task(self.backend.exec(sandbox.sandbox_id, request, process.on_output))
-        sandbox.processes[process.process_id] = process
-        self._processes[process.process_id] = process
-        return process.process_id
-
-    async def process_output(
-        self, lease: Lease, process_id: str, stdout_offset: int = 0, stderr_offset: int = 0
-    ) -> ProcessOutput:
-        return self._process(lease, process_id).output_since(stdout_offset, stderr_offset)
-
-    async def wait_process(self, lease: Lease, process_id: str, timeout_s: float | None = None) -> ProcessOutput:
-        """Wait until the process ends (or the timeout passes: then it is still running)."""
-        process = self._process(lease, process_id)
-        if process.task is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(process.task), timeout_s)
-        return process.output_since(0, 0)
-
-    async def kill_process(self, lease: Lease, process_id: str) -> ProcessOutput:
-        process = self._process(lease, process_id)
-        sandbox = self._checked(lease)
-        async with self._tool_call(lease, sandbox, "process_kill"):
-            if process.running:
-                await self.backend.kill_marked(process.sandbox_id, process.marker, process.user)
-                if process.task is not None:
-                    with contextlib.suppress(TimeoutError, Exception):
-                        await asyncio.wait_for(asyncio.shield(process.task), 5.0)
-        return process.output_since(0, 0)
-
     async def read_file(
         self, lease: Lease, path: str, offset: int = 0, length: int | None = None, *, max_bytes: int | None = None
     ) -> bytes:
@@ -472,13 +414,6 @@ class EnvManager(ProvisioningMixin):
         sandbox = self._live(lease.sandbox_id)
         sandbox.last_used_at = self._clock()
         return sandbox
-
-    def _process(self, lease: Lease, process_id: str) -> BackgroundProcess:
-        self._checked(lease)
-        process = self._processes.get(process_id)
-        if process is None or process.sandbox_id != lease.sandbox_id:
-            raise ProcessNotFoundError(process_id)
-        return process
 
     def _request(
         self,
@@ -600,10 +535,6 @@ class EnvManager(ProvisioningMixin):
             self._leases.remove(lease, "sandbox destroyed")
         try:
             await asyncio.gather(*(fw.close() for fw in sandbox.forwarders.values()), return_exceptions=True)
-            for process in sandbox.processes.values():
-                if process.task is not None and not process.task.done():
-                    process.task.cancel()
-                self._processes.pop(process.process_id, None)
             await self._remove_container(sandbox.sandbox_id)
         except asyncio.CancelledError:
             self._destroy_failed(sandbox, "its removal was cancelled")
@@ -772,7 +703,6 @@ class EnvManager(ProvisioningMixin):
         idle = [
             sb for sb in self._sandboxes.values()
             if sb.state == "ready" and sb.busy == 0 and now - sb.last_used_at > ttl
-            and not any(p.running for p in sb.processes.values())
         ]
         for sandbox in idle:
             for lease in self._leases.of_sandbox(sandbox.sandbox_id):

@@ -63,25 +63,6 @@ class PortBinding:
 
 
 @dataclass(frozen=True, slots=True)
-class ProcessOutput:
-    """What a background process printed since the given offsets, and whether it has finished.
-
-    Pass ``next_stdout_offset`` / ``next_stderr_offset`` back to get only newer output; bytes that fell
-    out of the bounded buffer in between are counted in ``dropped_bytes``.
-    """
-
-    process_id: str
-    stdout: bytes
-    stderr: bytes
-    next_stdout_offset: int
-    next_stderr_offset: int
-    dropped_bytes: int
-    running: bool
-    exit_code: int | None
-    timed_out: bool = False
-
-
-@dataclass(frozen=True, slots=True)
 class SandboxInfo:
     sandbox_id: str
     image: str

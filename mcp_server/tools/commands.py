@@ -12,10 +12,10 @@ from pydantic import Field
 
 from thunder_env import ExecResult, ProcessNotFoundError
 from thunder_env.output import HeadTailBuffer, RollingBuffer
+from thunder_env.processes import ExecProcess
 
 from ..errors import ProgramRetiredError
 from ..models import ExecOutcome, ProcessOutputResult
-from ..processes import ExecProcess
 from ..programs import ProgramState
 from .common import Deps, check_env, check_seconds, program_call, reply, tool
 from .sandboxes import SandboxId

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -10,8 +11,11 @@ from collections.abc import Awaitable, Callable
 import aiodocker
 import pytest
 
-from thunder_env import SandboxSpec
+from thunder_env import EnvManager, SandboxSpec
 from thunder_env.docker import DockerBackend
+from thunder_env.leases import Lease
+from thunder_env.output import RollingBuffer
+from thunder_env.processes import ExecProcess
 
 
 def with_setup(spec: SandboxSpec, *steps: str) -> SandboxSpec:
@@ -55,3 +59,22 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 30
         if asyncio.get_running_loop().time() > deadline:
             pytest.fail(f"not within {timeout_s:g} s: {what}")
         await asyncio.sleep(0.1)
+
+
+def start_background(manager: EnvManager, lease: Lease, command: str) -> ExecProcess:
+    """A command left running in the background, the way the MCP server's sandbox_exec does it."""
+    process = ExecProcess(
+        "proc-" + secrets.token_hex(4), lease.sandbox_id, command, RollingBuffer(1 << 20), RollingBuffer(1 << 20)
+    )
+    process.start(manager.exec(lease, command, timeout_s=None, on_output=process.on_output))
+    return process
+
+
+async def until_listed(manager: EnvManager, lease: Lease, command: str) -> None:
+    """Wait until ``command`` shows in the sandbox's process list (it started: a kill then has work to do)."""
+
+    async def listed() -> bool:
+        text = (await manager.exec(lease, "ps -o args 2>/dev/null || ps -eo args")).stdout.text
+        return any(line.strip() == command for line in text.splitlines())
+
+    await eventually(listed, what=f"{command!r} runs")

@@ -22,6 +22,7 @@ from thunder_env.docker.agent_client import agent_ping
 from thunder_env.leases import Lease
 from thunder_env.output import TRUNCATION_MARKER
 
+from ._helpers import start_background, until_listed
 from .conftest import BASE_IMAGE, PYTHON_IMAGE, ManagerFactory, leftovers
 
 IMAGES = pytest.mark.parametrize("image", [BASE_IMAGE, PYTHON_IMAGE], ids=["base", "python"])
@@ -123,16 +124,17 @@ async def test_stream_background_processes_and_tool_events(manager: EnvManager, 
         assert isinstance(first, OutputChunk) and first.data == b"first\n" and first_at < 1.2
         assert isinstance(seen[-1][1], ExecResult) and seen[-1][1].exit_code == 0
 
-        pid = await manager.start_process(lease, "for i in 1 2 3; do echo $i; sleep 0.3; done")
-        done = await manager.wait_process(lease, pid, timeout_s=10)
-        assert not done.running and done.exit_code == 0 and done.stdout == b"1\n2\n3\n"
-        sleeper = await manager.start_process(lease, "sleep 304")
-        assert (await manager.process_output(lease, sleeper)).running
-        killed = await manager.kill_process(lease, sleeper)
-        assert not killed.running and killed.exit_code != 0
+        counter = start_background(manager, lease, "for i in 1 2 3; do echo $i; sleep 0.3; done")
+        assert counter.task is not None
+        await asyncio.wait_for(asyncio.shield(counter.task), 10)
+        assert counter.status == "exited" and counter.stdout.read_from(0) == (b"1\n2\n3\n", 0)
+        sleeper = start_background(manager, lease, "sleep 304")
+        await until_listed(manager, lease, "sleep 304")
+        await sleeper.kill()
+        assert not sleeper.running and sleeper.status == "killed"
         assert "sleep 304" not in await ps(manager, lease)
     kinds = [(e.kind, e.tool) for e in events]
-    assert ("tool_start", "exec") in kinds and ("tool_end", "process_kill") in kinds
+    assert ("tool_start", "exec") in kinds and ("tool_end", "exec") in kinds
     end = next(e for e in events if e.kind == "tool_end" and e.tool == "exec")
     assert end.exit_code == 0 and end.duration_s >= 1.5
 

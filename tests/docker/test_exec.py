@@ -10,6 +10,8 @@ import pytest
 from thunder_env import EnvManager, ExecResult, InvalidSpecError, OutputChunk, SandboxSpec, ToolEvent
 from thunder_env.output import TRUNCATION_MARKER
 
+from ._helpers import start_background, until_listed
+
 
 @pytest.fixture
 async def lease(manager: EnvManager, base_spec: SandboxSpec):
@@ -64,17 +66,19 @@ async def test_stream_delivers_output_before_the_end(manager: EnvManager, lease)
 
 
 async def test_background_process_poll_wait_kill(manager: EnvManager, lease) -> None:
-    pid = await manager.start_process(lease, "for i in 1 2 3; do echo $i; sleep 0.3; done")
-    first = await manager.process_output(lease, pid)
-    done = await manager.wait_process(lease, pid, timeout_s=10)
-    assert not done.running and done.exit_code == 0 and done.stdout == b"1\n2\n3\n"
-    rest = await manager.process_output(lease, pid, first.next_stdout_offset)
-    assert first.stdout + rest.stdout == b"1\n2\n3\n"
+    counter = start_background(manager, lease, "for i in 1 2 3; do echo $i; sleep 0.3; done")
+    first, _ = counter.stdout.read_from(0)  # what it printed so far (polled while it runs)
+    assert counter.task is not None
+    await asyncio.wait_for(asyncio.shield(counter.task), 10)
+    result = counter.result()
+    assert counter.status == "exited" and result is not None and result.exit_code == 0
+    rest, dropped = counter.stdout.read_from(len(first))
+    assert first + rest == b"1\n2\n3\n" and dropped == 0
 
-    sleeper = await manager.start_process(lease, "sleep 300")
-    assert (await manager.process_output(lease, sleeper)).running
-    killed = await manager.kill_process(lease, sleeper)
-    assert not killed.running and killed.exit_code != 0
+    sleeper = start_background(manager, lease, "sleep 300")
+    await until_listed(manager, lease, "sleep 300")
+    await sleeper.kill()
+    assert not sleeper.running and sleeper.status == "killed"
     assert "sleep 300" not in (await manager.exec(lease, "ps -o args")).stdout.text
 
 

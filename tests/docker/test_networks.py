@@ -10,7 +10,7 @@ from thunder_env import EnvManager, Lease, ManagerConfig, SandboxSpec
 from thunder_env.docker import DockerBackend
 from thunder_env.docker.lifecycle import container_name
 
-from ._helpers import crash_after_first_line, eventually
+from ._helpers import crash_after_first_line, eventually, start_background
 from .conftest import BASE_IMAGE, ManagerFactory, leftovers
 
 SPEC = SandboxSpec(image=BASE_IMAGE, network="internal", memory_bytes=256 << 20)
@@ -39,7 +39,7 @@ async def test_programs_do_not_reach_each_other(manager: EnvManager, backend: Do
     neighbour = await manager.acquire("prog-a", SPEC)
     stranger = await manager.acquire("prog-b", SPEC)
     await manager.write_file(server, "/www/index.html", b"secret of program a")
-    await manager.start_process(server, "httpd -f -p 8080 -h /www")
+    httpd = start_background(manager, server, "httpd -f -p 8080 -h /www")
     address = await _address(backend, server)
 
     async def neighbour_reaches() -> bool:  # httpd may need a moment to listen
@@ -48,6 +48,7 @@ async def test_programs_do_not_reach_each_other(manager: EnvManager, backend: Do
     await eventually(neighbour_reaches, what="a sandbox of the same program reaches the service")
     answer = await _fetch(manager, stranger, address)
     assert "secret" not in answer, answer  # another program's sandbox cannot
+    assert httpd.running
 
     namespace = manager.config.namespace
     assert len(await _networks(backend, namespace)) == 2  # one per program
@@ -67,7 +68,7 @@ async def test_warm_sandboxes_reach_no_other_sandbox(manager: EnvManager, backen
     assert manager.sandbox_info(first).origin == manager.sandbox_info(second).origin == "warm"
     await manager.configure_pool(SPEC, min_size=0, max_size=0)
     await manager.write_file(first, "/www/index.html", b"secret of program a")
-    await manager.start_process(first, "httpd -f -p 8080 -h /www")
+    httpd = start_background(manager, first, "httpd -f -p 8080 -h /www")
     binding = await manager.expose_port(first, 8080)
 
     async def host_reaches() -> bool:
@@ -83,6 +84,7 @@ async def test_warm_sandboxes_reach_no_other_sandbox(manager: EnvManager, backen
     await eventually(host_reaches, what="the host reaches the warm sandbox's service")
     answer = await _fetch(manager, second, await _address(backend, first))
     assert "secret" not in answer, answer
+    assert httpd.running
 
 
 HOLDER = """

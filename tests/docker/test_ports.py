@@ -8,6 +8,7 @@ import pytest
 
 from thunder_env import EnvManager, PortExposeError, SandboxSpec
 
+from ._helpers import start_background
 from .conftest import BASE_IMAGE
 
 
@@ -23,7 +24,7 @@ async def _fetch(host: str, port: int) -> bytes:
 async def test_expose_serves_traffic_and_is_freed_with_the_sandbox(manager: EnvManager) -> None:
     lease = await manager.acquire("prog-web", SandboxSpec(image=BASE_IMAGE, network="internal"))
     await manager.write_file(lease, "/www/index.html", b"hello from the sandbox")
-    await manager.start_process(lease, "httpd -f -p 8080 -h /www")
+    httpd = start_background(manager, lease, "httpd -f -p 8080 -h /www")
     binding = await manager.expose_port(lease, 8080)
     assert binding.host == "127.0.0.1" and binding.host_port > 0
     body = b""
@@ -33,7 +34,7 @@ async def test_expose_serves_traffic_and_is_freed_with_the_sandbox(manager: EnvM
             break
         await asyncio.sleep(0.1)
     assert b"hello from the sandbox" in body
-    assert manager.sandbox_info(lease).ports == (binding,)
+    assert manager.sandbox_info(lease).ports == (binding,) and httpd.running
     await manager.release(lease)
     with pytest.raises(OSError):
         await _fetch(binding.host, binding.host_port)
