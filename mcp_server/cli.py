@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pydantic import ValidationError
 
 from thunder_common.program_ids import check_program_id
+from thunder_common.serving import serving
 from thunder_env import EnvManager, ManagerConfig, ThunderError
 from thunder_env.docker import DockerBackend
 
@@ -191,27 +192,15 @@ async def serve(
 
 
 async def _serve_http(server: ThunderServer, http: HttpConfig, generated_token: bool, show_claude: bool) -> None:
-    import uvicorn
-
-    app = create_http_app(server, http)
-    config = uvicorn.Config(app, host=http.host, port=http.port, log_level="warning", lifespan="on")
-    uvicorn_server = uvicorn.Server(config)
-    # uvicorn re-raises a caught SIGTERM once it stopped, which kills the process before the env manager
-    # closes and queued scheduler posts drain: the signals only ask uvicorn to stop (see _run).
-    uvicorn_server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, lambda: setattr(uvicorn_server, "should_exit", True))
-    serving = asyncio.create_task(uvicorn_server.serve())
-    while not uvicorn_server.started and not serving.done():  # noqa: ASYNC110 (uvicorn offers only a flag)
-        await asyncio.sleep(0.05)
-    if uvicorn_server.started:
-        port = uvicorn_server.servers[0].sockets[0].getsockname()[1]  # the real one when --port 0
-        host = http.host if http.host not in ("0.0.0.0", "::") else "127.0.0.1"
-        url = f"http://{f'[{host}]' if ':' in host else host}:{port}/mcp"
-        print(banner(url, http.token, generated_token, show_claude), file=sys.stderr, flush=True)
-    await serving
+    async with serving(create_http_app(server, http), http.host, http.port) as running:
+        # The signals only ask uvicorn to stop (serving leaves them to us): the env manager then closes and
+        # queued scheduler posts drain before the process exits (see _run).
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, lambda: setattr(running.server, "should_exit", True))
+        print(banner(running.url + "/mcp", http.token, generated_token, show_claude), file=sys.stderr, flush=True)
+        await running.task
 
 
 def main(argv: Sequence[str] | None = None, *, show_claude: bool = False) -> int:

@@ -7,11 +7,12 @@ The only package that imports all of `thunder_env`, `mcp_server` and `thunder_sc
 `/metrics` and `/thunder/status`; `thunder demo` runs real agent programs against it.
 """
 
+from thunder_common.serving import serving  # re-exported: how the product serves its app
+
 from .app import CombinedServer, build_combined, open_combined
 from .config import CombinedConfig
 from .errors import AdapterError, CombinedError, DemoError, StatusUnavailableError
 from .link import LinkedProgramRegistry, ProgramLink
-from .serve import serving
 from .status import StatusReport
 
 __all__ = [

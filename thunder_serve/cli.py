@@ -128,8 +128,9 @@ def serve(
 
 
 async def _serve(config: CombinedConfig, generated_token: bool, log_level: str) -> None:
+    from thunder_common.serving import serving
+
     from .app import open_combined
-    from .serve import serving
 
     http = config.http
     async with (

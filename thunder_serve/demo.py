@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from mcp_server import HttpConfig, ServerConfig
 from mcp_server.config import default_templates
+from thunder_common.serving import serving
 from thunder_env import ManagerConfig, SandboxSpec
 from thunder_sched.config import SchedulerConfig
 
@@ -29,7 +30,6 @@ from .app import STATUS_PATH, CombinedServer, open_combined
 from .clients.demo_agent import VOCAB, DemoProgram, Plan, ProgramResult
 from .config import CombinedConfig
 from .errors import CombinedError, StatusUnavailableError
-from .serve import serving
 from .status import StatusReport
 
 Say = Callable[[str], None]

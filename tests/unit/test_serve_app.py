@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from mcp_server import HttpConfig
+from thunder_common.serving import serving
 from thunder_env import ManagerConfig
 from thunder_sched.config import SchedulerConfig
 from thunder_sched.policy import Status
@@ -20,7 +21,6 @@ from thunder_serve.app import build_combined
 from thunder_serve.clients.mcp_client import connect, program_url
 from thunder_serve.config import CombinedConfig
 from thunder_serve.envs import CombinedEnvManager
-from thunder_serve.serve import serving
 from thunder_serve.status import StatusReport
 
 from .test_serve_link import MemoryBackend

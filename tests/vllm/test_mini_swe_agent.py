@@ -10,11 +10,11 @@ import secrets
 
 import pytest
 
+from thunder_common.serving import serving
 from thunder_env.events import ToolEvent
 from thunder_sched.policy import Status
 from thunder_serve.app import open_combined
 from thunder_serve.demo import local_config
-from thunder_serve.serve import serving
 
 from .test_serve_e2e import engine_leftovers, require_engine
 

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from thunder_common.serving import serving
 from thunder_sched.app import create_app
-from thunder_sched.bench.serve import serving
 from thunder_sched.config import PolicyConfig, SchedulerConfig
 from thunder_sched.vllm_metrics import gauge_value
 
@@ -29,9 +29,9 @@ async def scheduler(
     backends: list[str], on_end: Callable[[str], Awaitable[None]] | None = None, **overrides: Any
 ) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
     config = SchedulerConfig(backends=tuple(backends), interval_s=0.2, backend_refresh_s=1.0, **overrides)
-    async with serving(create_app(config, on_program_end=on_end)) as url:
-        async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
-            yield url, client
+    async with serving(create_app(config, on_program_end=on_end)) as running:
+        async with httpx.AsyncClient(base_url=running.url, timeout=TIMEOUT) as client:
+            yield running.url, client
 
 
 class Relay:
