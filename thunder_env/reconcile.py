@@ -16,6 +16,8 @@ from pathlib import Path
 
 import psutil
 
+from thunder_common.procfs import stat_fields
+
 from .backend import ManagedResource, SandboxLifecycle
 
 log = logging.getLogger(__name__)
@@ -89,13 +91,8 @@ def _pid_namespace() -> str:
 
 def _start_ticks(pid: int) -> int | None:
     """Field 22 of /proc/<pid>/stat: the start time in clock ticks since boot (None: no such process)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: count fields after its last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[19])
+    fields = stat_fields(pid)
+    return None if fields is None else int(fields[19])
 
 
 def _legacy_alive(pid: int, started: float) -> bool:

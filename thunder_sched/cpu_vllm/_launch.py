@@ -34,7 +34,7 @@ def _die_with_parent(parent_pid: int) -> None:
         sys.exit(f"launcher: parent {parent_pid} is gone; not starting the server")
 
 
-def _group_members(pgid: int) -> list[int]:
+def _group_members(pgid: int) -> list[int]:  # thunder_common.procfs.group_members: not importable here
     """Live (non-zombie) processes of a process group, this one excluded."""
     members = []
     for entry in Path("/proc").iterdir():

@@ -1,6 +1,7 @@
 """Process-group helpers for stopping a server and everything it spawned (Linux /proc).
 
-`_launch.py` has its own copy of the group scan: it runs in the vLLM venv, where this package is absent.
+The group scan is thunder_common.procfs's; `_launch.py` has its own copy: it runs in the vLLM venv, where
+the repository's packages are absent.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import contextlib
 import os
 import signal
 import time
-from pathlib import Path
+
+from thunder_common.procfs import group_members
 
 
 def killpg(pgid: int, sig: signal.Signals) -> None:
@@ -24,18 +26,7 @@ def group_alive(pgid: int) -> bool:
 
     Blocking (scans /proc): call through `asyncio.to_thread` from async code.
     """
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the parenthesised command: state, ppid, pgrp, ...
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+    return bool(group_members(pgid))
 
 
 async def wait_group_gone(pgid: int, within: float) -> bool:
