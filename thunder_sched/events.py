@@ -45,7 +45,7 @@ class ToolEvent(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     kind: Literal["tool_start", "tool_end"]
-    program_id: str = Field(min_length=1, max_length=256)
+    program_id: str  # the one program-id rule is checked by Scheduler.on_tool_event (a 400 when broken)
     sandbox_id: str | None = None
     tool: str | None = None
     duration_s: float | None = None

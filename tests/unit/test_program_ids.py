@@ -55,6 +55,7 @@ BAD = [
     ".hidden",
     "-flag",
     "x" * 129,
+    "x" * 300,
     "a\n",  # a trailing newline: the old MCP regex (`$`) let it through
     "a\nb",
     "a\0b",
