@@ -112,7 +112,9 @@ async def test_the_env_manager_acquires_for_the_same_ids(manager: EnvManager) ->
 # ---- mcp_server -----------------------------------------------------------------------------------------
 
 
-async def _call(app: ASGIApp, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+async def _call(
+    app: ASGIApp, method: str, path: str, headers: dict[str, str] | None = None, json_body: object = None
+) -> tuple[int, Any]:
     """One request straight into an ASGI app (raw bytes, so even a header with a newline reaches it)."""
     raw = [(b"authorization", f"Bearer {TOKEN}".encode())]
     raw += [(k.lower().encode("latin-1"), v.encode("utf-8")) for k, v in (headers or {}).items()]
@@ -131,7 +133,9 @@ async def _call(app: ASGIApp, method: str, path: str, headers: dict[str, str] | 
         "server": ("test", 80),
     }
     sent: list[Message] = []
-    body = json.dumps({"kind": "tool_start", "tool": "sandbox_exec"}).encode() if method == "POST" else b""
+    if json_body is None and method == "POST":
+        json_body = {"kind": "tool_start", "tool": "sandbox_exec"}  # a tool event
+    body = b"" if json_body is None else json.dumps(json_body).encode()
 
     async def receive() -> Message:
         return {"type": "http.request", "body": body, "more_body": False}
@@ -207,6 +211,19 @@ def test_the_scheduler_takes_the_same_ids_from_the_body_and_the_header() -> None
             take_program_id({"program_id": bad}, {})
         with pytest.raises(BadRequestError, match="invalid program id"):
             take_program_id({}, {"x-program-id": bad})
+
+
+async def test_the_openai_and_messages_routes_refuse_the_same_ids_before_admitting_anything() -> None:
+    app = create_app(SchedulerConfig(backends=(SCHED,)))
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    for bad in BAD:
+        for path in ("/v1/chat/completions", "/v1/messages"):
+            status, body = await _call(app, "POST", path, json_body={**chat, "program_id": bad})
+            assert status == 400 and "invalid program id" in json.dumps(body), (path, bad)
+            if bad:  # an empty header names no program
+                status, body = await _call(app, "POST", path, {"X-Program-Id": bad}, json_body=chat)
+                assert status == 400 and "invalid program id" in json.dumps(body), (path, bad)
+    assert app.state.scheduler.programs(include_terminated=True) == []
 
 
 async def test_the_scheduler_routes_and_tool_events_take_the_same_ids() -> None:
