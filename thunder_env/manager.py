@@ -18,6 +18,7 @@ from typing import Literal
 from . import files
 from .backend import BackendSandbox, ExecRequest, ManagedResource, SandboxBackend
 from .config import ManagerConfig
+from .diskguard import DiskLimitWatch, DiskOverrun
 from .errors import (
     EngineStuckError,
     FileOperationError,
@@ -35,9 +36,10 @@ from .leases import Lease, LeaseTable
 from .output import RollingBuffer
 from .ports import PortForwarder
 from .processes import BackgroundProcess
-from .provisioning import ProvisioningMixin
+from .provisioning import Provisioner, disk_limit
+from .provisioning import check_program_id as _check_program_id
 from .reconcile import OwnerIdentity, ReconcileReport, reconcile_namespace
-from .results import ExecResult, FileEntry, OutputChunk, PortBinding, ProcessOutput, SandboxInfo
+from .results import ExecResult, FileEntry, OutputChunk, PortBinding, ProcessOutput, SandboxInfo, SnapshotInfo
 from .spec import SandboxSpec
 
 log = logging.getLogger(__name__)
@@ -80,8 +82,11 @@ class _Sandbox:
     died: str | None = None  # why its container stopped behind the manager's back
 
 
-class EnvManager(ProvisioningMixin):
-    """Use as ``async with EnvManager(DockerBackend()) as envs:``; closing destroys what it holds."""
+class EnvManager:
+    """Use as ``async with EnvManager(DockerBackend()) as envs:``; closing destroys what it holds.
+
+    Pools, preparations, templates, snapshot bookkeeping and disk accounting are ``envs.provisioner``'s
+    (see provisioning.py); the manager keeps leases, operations and reclamation."""
 
     def __init__(
         self,
@@ -107,12 +112,24 @@ class EnvManager(ProvisioningMixin):
         self._checking: asyncio.Task[list[str]] | None = None
         self.orphans_removed = 0  # containers the health check found nobody here holds, and removed
         self.orphan_report = ReconcileReport()  # the last health check's removals and failures
-        # Sandboxes never handed to a program (half-started, warm, prepared) whose removal failed:
-        # retried by the health check and by close(), never forgotten.
-        self._unremoved: set[str] = set()
         self._closed = False
         self._starting: set[asyncio.Future[None]] = set()  # acquires and forks in flight: close() waits
-        self._init_provisioning()
+        self.provisioner = Provisioner(
+            backend,
+            self.config,
+            instance_id=self.instance_id,
+            labels=self.labels,
+            remove_container=self._remove_container,
+            storage_path=lambda: self._storage_path,
+            sandbox_programs=self._sandbox_programs,
+            clock=clock,
+        )
+        self._disk_limits = DiskLimitWatch(
+            lambda: self.provisioner.disk_usage(max_age_s=0),
+            self._sandbox_disk_limits,
+            self._stop_over_disk,
+            self.config.disk_check_interval_s,
+        )
 
     # ----------------------------------------------------------------- lifecycle of the manager
 
@@ -134,6 +151,7 @@ class EnvManager(ProvisioningMixin):
             await self._destroy_remaining()
             return
         self._closed = True
+        self.provisioner.stop_accepting()
         for task in (self._reaper, self._watcher):
             if task is not None:
                 task.cancel()
@@ -147,7 +165,8 @@ class EnvManager(ProvisioningMixin):
             for lease in self._leases.of_program(lease_owner):
                 self._leases.remove(lease, "manager closed")
         await asyncio.gather(*(self._destroy(sb) for sb in list(self._sandboxes.values())), return_exceptions=True)
-        await self._close_provisioning()
+        await self._disk_limits.close()
+        await self.provisioner.close()
         if self._starting:
             # Acquires racing with close: each destroys what it started (see _adopt); wait for them.
             await asyncio.wait(set(self._starting))
@@ -162,7 +181,7 @@ class EnvManager(ProvisioningMixin):
                 sandbox.retry_task = None
         await asyncio.gather(*(self._destroy(sb) for sb in remaining), return_exceptions=True)
         await self._remove_unremoved()
-        left = sorted({sb.sandbox_id for sb in self._sandboxes.values()} | self._unremoved)
+        left = sorted({sb.sandbox_id for sb in self._sandboxes.values()} | self.provisioner.unremoved)
         if left:
             raise SandboxesNotDestroyedError(left, "the engine failed or did not answer")
 
@@ -200,7 +219,7 @@ class EnvManager(ProvisioningMixin):
             for sandbox in self._sandboxes.values():
                 if sandbox.state == "lingering" and sandbox.spec.key() == spec.key():
                     return self._lease(program_id, sandbox)
-            handle, origin = await self._provision(program_id, spec)
+            handle, origin = await self.provisioner.provision(program_id, spec)
             return await self._adopt(program_id, spec, handle, origin)
 
     @contextlib.contextmanager
@@ -231,6 +250,8 @@ class EnvManager(ProvisioningMixin):
                 raise ManagerClosedError()
             for port in spec.ports:
                 await self._open_port(sandbox, port)
+            if disk_limit(spec, self.config.sandbox_disk_limit_bytes) is not None and not self._limits_disk():
+                self._disk_limits.start()  # the driver cannot limit it: measure it
             return self._lease(program_id, sandbox)
         except BaseException:
             await asyncio.shield(self._destroy(sandbox))
@@ -262,7 +283,7 @@ class EnvManager(ProvisioningMixin):
             await asyncio.gather(*(self._last_lease_gone(sb) for sb in orphaned))
         finally:
             # The program's snapshot holds go whatever became of its sandboxes (a failed removal is retried).
-            await self._provisioning_end_program(program_id)
+            await self.provisioner.end_program(program_id)
         return sum(1 for sb in orphaned if sb.sandbox_id not in self._sandboxes)
 
     def leases_of(self, program_id: str) -> list[Lease]:
@@ -445,6 +466,65 @@ class EnvManager(ProvisioningMixin):
         sandbox = self._checked(lease)
         return (await self._open_port(sandbox, container_port)).binding
 
+    # ------------------------------------------------------------ snapshots, forks, disk limits
+
+    async def snapshot(self, lease: Lease) -> SnapshotInfo:
+        """Capture the sandbox's filesystem as a new layer on its image's layers, held by the lease's program
+        until the program ends or calls ``provisioner.release_snapshot``. Refused while over the disk budget."""
+        sandbox = self._checked(lease)
+        await self.provisioner.snapshot_room()
+        async with self._tool_call(lease, sandbox, "snapshot"):
+            return await self.provisioner.commit_snapshot(sandbox.sandbox_id, sandbox.spec, lease.program_id)
+
+    async def fork(self, program_id: str, snapshot_id: str, n: int = 1) -> list[Lease]:
+        """Start ``n`` sandboxes from a snapshot, each on its own copy-on-write layer; all or none."""
+        with self._starting_sandbox():
+            async with self.provisioner.forks(program_id, snapshot_id, n) as (spec, handles):
+                return await self._adopt_all(program_id, spec, handles)
+
+    async def check_disk_limits(self) -> list[str]:
+        """Stop the sandboxes whose writable layer passed their disk limit (also done every
+        ``disk_check_interval_s`` where the storage driver does not enforce it); returns their ids."""
+        return [overrun.sandbox_id for overrun in await self._disk_limits.check()]
+
+    async def _adopt_all(self, program_id: str, spec: SandboxSpec, handles: list[BackendSandbox]) -> list[Lease]:
+        leases: list[Lease] = []
+        try:
+            for handle in handles:
+                leases.append(await self._adopt(program_id, spec, handle, "fork"))
+        except BaseException:
+            adopted = {lease.sandbox_id for lease in leases}
+            rest = [h for h in handles if h.sandbox_id not in adopted and h.sandbox_id not in self._sandboxes]
+            cleanup = [self._destroy(self._sandboxes[sid]) for sid in adopted if sid in self._sandboxes]
+            cleanup += [self.provisioner.discard(h.sandbox_id) for h in rest]
+            await asyncio.shield(asyncio.gather(*cleanup, return_exceptions=True))
+            raise
+        return leases
+
+    def _limits_disk(self) -> bool:
+        return getattr(self.backend, "enforces_disk_limit", None) is True
+
+    def _sandbox_disk_limits(self) -> dict[str, int]:
+        """Adopted sandboxes only: warm and prepared ones run no program's commands yet."""
+        limits: dict[str, int] = {}
+        for sandbox_id, sandbox in self._sandboxes.items():
+            limit = disk_limit(sandbox.spec, self.config.sandbox_disk_limit_bytes)
+            if limit is not None and sandbox.state != "destroying":
+                limits[sandbox_id] = limit
+        return limits
+
+    async def _stop_over_disk(self, overrun: DiskOverrun) -> None:
+        sandbox = self._sandboxes.get(overrun.sandbox_id)
+        if sandbox is None or sandbox.state == "destroying":
+            return
+        # The reason reaches the program: every later call on its lease raises LeaseReleasedError with it.
+        for lease in self._leases.of_sandbox(overrun.sandbox_id):
+            self._leases.remove(lease, overrun.reason)
+        await self._destroy(sandbox)
+
+    def _sandbox_programs(self) -> dict[str, list[str]]:
+        return {sid: [lease.program_id for lease in self._leases.of_sandbox(sid)] for sid in self._sandboxes}
+
     # -------------------------------------------------------------------- internals
 
     def _lease(self, program_id: str, sandbox: _Sandbox) -> Lease:
@@ -610,10 +690,9 @@ class EnvManager(ProvisioningMixin):
             self._destroy_failed(sandbox, str(exc))
             return
         self._sandboxes.pop(sandbox.sandbox_id, None)
-        self._in_hand.discard(sandbox.sandbox_id)
         sandbox.gone.set()
         # Only once the container is gone: the engine keeps a snapshot's image while a container uses it.
-        await self._provisioning_sandbox_gone(sandbox.sandbox_id)
+        await self.provisioner.sandbox_gone(sandbox.sandbox_id)
 
     async def _remove_container(self, sandbox_id: str) -> None:
         try:
@@ -629,14 +708,7 @@ class EnvManager(ProvisioningMixin):
         """Retry the removals that failed outside a tracked sandbox: half-started sandboxes, images of
         failed snapshots, and what the backend made beside sandboxes (a program's network). Kept and
         logged while they fail."""
-        for sandbox_id in sorted(self._unremoved):
-            try:
-                await self._remove_container(sandbox_id)  # by sandbox id: its host directory goes too
-            except Exception as exc:  # kept: the next health check or close() tries again
-                log.warning("sandbox %s could not be removed again: %s", sandbox_id, exc)
-                continue
-            self._unremoved.discard(sandbox_id)
-        await self._snapshots.retry_orphans()
+        await self.provisioner.retry_removals()
         try:
             async with asyncio.timeout(self.config.engine_timeout_s):
                 left = await self.backend.retry_removals()
@@ -709,7 +781,7 @@ class EnvManager(ProvisioningMixin):
                 f"the container engine did not list containers within {self.config.engine_timeout_s:g} s"
             ) from exc
         containers = {r.labels.get("thunder.sandbox", ""): r for r in found if r.kind == "container"}
-        retried = set(self._unremoved)
+        retried = set(self.provisioner.unremoved)
         await self._remove_unremoved()  # first: what failed to go is retried by its own path
         self.orphan_report = await self._remove_orphans(containers, retried)
         dead: list[_Sandbox] = []
@@ -732,11 +804,9 @@ class EnvManager(ProvisioningMixin):
         report = ReconcileReport()
         for sandbox_id, container in containers.items():
             # Judged now, not when the list was taken: no await between this test and the removal.
-            if not sandbox_id or sandbox_id in self._sandboxes or sandbox_id in self._in_hand:
-                continue
-            if sandbox_id in retried or sandbox_id in self._unremoved:  # _remove_unremoved's to retry
-                continue
-            if sandbox_id in self._templates.build_ids:
+            if not sandbox_id or sandbox_id in self._sandboxes or sandbox_id in retried:
+                continue  # retried: _remove_unremoved's to retry
+            if self.provisioner.answers_for(sandbox_id):  # starting, warm, prepared, building a template
                 continue
             log.warning("container %s of sandbox %s is this manager's but nothing here holds it: removing it",
                         container.resource_id[:12], sandbox_id)
@@ -802,7 +872,3 @@ class _Outcome:
 def _death_reason(exc: Exception) -> str:
     return "its container is gone" if isinstance(exc, SandboxNotFoundError) else "its container is not running"
 
-
-def _check_program_id(program_id: str) -> None:
-    if not program_id or len(program_id) > 200 or any(c in program_id for c in "\0\n,="):
-        raise InvalidSpecError(f"invalid program id {program_id!r}: 1-200 chars without NUL, newline, ',' or '='")

@@ -160,7 +160,7 @@ class ProgramLink:
         if last is None or last[1] != number or program_id in self._env_ended or self._closed:
             return
         try:
-            await self.manager.prepare(program_id, last[0])
+            await self.manager.provisioner.prepare(program_id, last[0])
             self.stats.prepares += 1
         except ThunderError as exc:
             log.warning("could not prepare the environment of program %s ahead of its restore: %s", program_id, exc)

@@ -28,7 +28,7 @@ class EnvCollector(Collector):
         yield GaugeMetricFamily(
             "thunder_mcp_programs", "Programs with state in the MCP server", value=len(self._registry.programs())
         )
-        prepared = self._manager.preparation_stats()
+        prepared = self._manager.provisioner.preparation_stats()
         family = CounterMetricFamily(
             "thunder_env_prepared", "Environments prepared ahead of use, by outcome", labels=["outcome"]
         )

@@ -30,13 +30,7 @@ ALLOWED: Mapping[str, frozenset[str]] = {
 
 # Runtime import cycles that exist today, each the exact set of modules of one cycle. Issue 12 item 2
 # removes them; the test fails when a listed cycle is gone, so that its entry is removed with the fix.
-KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset(
-    {
-        # manager.py imports the ProvisioningMixin; provisioning.py imports manager's program-id check inside
-        # a function (issue 12 item 2: a composed provisioner; item 3: one program-id rule).
-        frozenset({"thunder_env.manager", "thunder_env.provisioning"}),
-    }
-)
+KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -173,11 +173,11 @@ async def test_a_restore_prepares_the_environment_the_program_last_acquired(rig:
     rig.link.on_restore("p3")
     rig.link.on_restore("p3")  # prepared at the head of the queue, then restored: prepared once
     await rig.settle()
-    assert rig.link.stats.prepares == 1 and rig.manager.is_prepared("p3", SPEC)
-    assert rig.manager.preparation_stats().requested == 1
+    assert rig.link.stats.prepares == 1 and rig.manager.provisioner.is_prepared("p3", SPEC)
+    assert rig.manager.provisioner.preparation_stats().requested == 1
     again = await rig.manager.acquire("p3", SPEC)
     assert rig.manager.sandbox_info(again).origin == "prepared"
-    assert rig.manager.preparation_stats().ready_at_acquire == 1
+    assert rig.manager.provisioner.preparation_stats().ready_at_acquire == 1
 
 
 async def test_a_restore_prepares_nothing_when_the_sandbox_is_held_or_the_program_ended(rig: Rig) -> None:
@@ -185,11 +185,11 @@ async def test_a_restore_prepares_nothing_when_the_sandbox_is_held_or_the_progra
     await _with_sandbox(rig, "p4")
     rig.link.on_restore("p4")  # still holds a sandbox of its spec
     await rig.settle()
-    assert rig.link.stats.prepares_skipped == 2 and rig.manager.preparation_stats().requested == 0
+    assert rig.link.stats.prepares_skipped == 2 and rig.manager.provisioner.preparation_stats().requested == 0
     await rig.registry.end("p4", "ended by program_end")
     rig.link.on_restore("p4")
     await rig.settle()
-    assert rig.manager.preparation_stats().requested == 0 and rig.manager.last_spec("p4") is None
+    assert rig.manager.provisioner.preparation_stats().requested == 0 and rig.manager.last_spec("p4") is None
 
 
 def _fake_vllm(request: httpx.Request) -> httpx.Response:

@@ -113,7 +113,7 @@ async def measure_dedup(
     await asyncio.gather(*(write(lease) for lease in leases))
     write_s = time.perf_counter() - started
 
-    report = await manager.disk_usage(max_age_s=0)
+    report = await manager.provisioner.disk_usage(max_age_s=0)
     fork_ids = {lease.sandbox_id for lease in leases}
     (snapshot_usage,) = [u for u in report.snapshots if u.resource_id == snap.snapshot_id]
     figures = {
