@@ -20,7 +20,15 @@ from .errors import (
     SandboxNotFoundError,
     ThunderError,
 )
-from .events import EventBus, SandboxEvent, ToolEvent
+from .events import (
+    EventBus,
+    LifecycleEvent,
+    ProgramEnded,
+    SandboxAcquired,
+    SandboxEvent,
+    SandboxReleased,
+    ToolEvent,
+)
 from .leases import Lease
 from .manager import DEFAULT, EnvManager
 from .results import CapturedOutput, ExecResult, FileEntry, OutputChunk, PortBinding, ProcessOutput, SandboxInfo
@@ -43,6 +51,7 @@ __all__ = [
     "InvalidSpecError",
     "Lease",
     "LeaseReleasedError",
+    "LifecycleEvent",
     "ManagerClosedError",
     "ManagerConfig",
     "OutputChunk",
@@ -50,11 +59,14 @@ __all__ = [
     "PortExposeError",
     "ProcessNotFoundError",
     "ProcessOutput",
+    "ProgramEnded",
     "ResourceExhaustedError",
+    "SandboxAcquired",
     "SandboxDeadError",
     "SandboxEvent",
     "SandboxInfo",
     "SandboxNotFoundError",
+    "SandboxReleased",
     "SandboxSpec",
     "SandboxesNotDestroyedError",
     "ThunderError",

@@ -31,7 +31,17 @@ from .errors import (
     SandboxesNotDestroyedError,
     SandboxNotFoundError,
 )
-from .events import EventBus, SandboxEvent, ToolEvent, ToolEventListener, command_word
+from .events import (
+    EventBus,
+    LifecycleEvent,
+    ProgramEnded,
+    SandboxAcquired,
+    SandboxEvent,
+    SandboxReleased,
+    ToolEvent,
+    ToolEventListener,
+    command_word,
+)
 from .leases import Lease, LeaseTable
 from .output import RollingBuffer
 from .ports import PortForwarder
@@ -161,10 +171,11 @@ class EnvManager:
             if work is not None:
                 # A reap or health check in progress is removing containers: let it finish rather than leak them.
                 await asyncio.gather(work, return_exceptions=True)
-        for lease_owner in self._leases.programs():
-            for lease in self._leases.of_program(lease_owner):
-                self._leases.remove(lease, "manager closed")
+        closed = [lease for owner in self._leases.programs() for lease in self._leases.of_program(owner)]
+        for lease in closed:
+            self._leases.remove(lease, "manager closed")
         await asyncio.gather(*(self._destroy(sb) for sb in list(self._sandboxes.values())), return_exceptions=True)
+        await self._announce(*self._released(closed))
         await self._disk_limits.close()
         await self.provisioner.close()
         if self._starting:
@@ -216,11 +227,15 @@ class EnvManager:
         a warm one from the spec's pool, or a new one (from the spec's template if it has setup steps)."""
         _check_program_id(program_id)
         with self._starting_sandbox():
-            for sandbox in self._sandboxes.values():
-                if sandbox.state == "lingering" and sandbox.spec.key() == spec.key():
-                    return self._lease(program_id, sandbox)
-            handle, origin = await self.provisioner.provision(program_id, spec)
-            return await self._adopt(program_id, spec, handle, origin)
+            key = spec.key()
+            lingering = [sb for sb in self._sandboxes.values() if sb.state == "lingering" and sb.spec.key() == key]
+            if lingering:
+                lease = self._lease(program_id, lingering[0])
+            else:
+                handle, origin = await self.provisioner.provision(program_id, spec)
+                lease = await self._adopt(program_id, spec, handle, origin)
+        (lease,) = await self._handed_out([lease], spec, "acquire")
+        return lease
 
     @contextlib.contextmanager
     def _starting_sandbox(self) -> Iterator[None]:
@@ -260,7 +275,9 @@ class EnvManager:
     async def share(self, program_id: str, sandbox_id: str) -> Lease:
         """Another lease on an existing sandbox: it lives until its last lease is released."""
         _check_program_id(program_id)
-        return self._lease(program_id, self._live(sandbox_id))
+        sandbox = self._live(sandbox_id)
+        (lease,) = await self._handed_out([self._lease(program_id, sandbox)], sandbox.spec, "share")
+        return lease
 
     async def release(self, lease: Lease) -> None:
         """Drop one reference; the sandbox goes with its last lease (after the linger time, if any)."""
@@ -268,13 +285,17 @@ class EnvManager:
             return
         remaining = self._leases.remove(lease, "released")
         sandbox = self._sandboxes.get(lease.sandbox_id)
-        if sandbox is not None and remaining == 0:
-            await self._last_lease_gone(sandbox)
+        try:
+            if sandbox is not None and remaining == 0:
+                await self._last_lease_gone(sandbox)
+        finally:
+            await self._announce(*self._released([lease]))
 
     async def end_program(self, program_id: str) -> int:
         """Drop every lease of a program; returns how many sandboxes were destroyed as a result."""
         orphaned: list[_Sandbox] = []
-        for lease in self._leases.of_program(program_id):
+        leases = self._leases.of_program(program_id)
+        for lease in leases:
             if self._leases.remove(lease, f"program {program_id} ended") == 0:
                 sandbox = self._sandboxes.get(lease.sandbox_id)
                 if sandbox is not None:
@@ -282,8 +303,12 @@ class EnvManager:
         try:
             await asyncio.gather(*(self._last_lease_gone(sb) for sb in orphaned))
         finally:
-            # The program's snapshot holds go whatever became of its sandboxes (a failed removal is retried).
-            await self.provisioner.end_program(program_id)
+            try:
+                # The program's snapshot holds go whatever became of its sandboxes (a failed removal is retried).
+                await self.provisioner.end_program(program_id)
+            finally:
+                ended = ProgramEnded(program_id, len(leases), self.events.clock())
+                await self._announce(*self._released(leases), ended)
         return sum(1 for sb in orphaned if sb.sandbox_id not in self._sandboxes)
 
     def leases_of(self, program_id: str) -> list[Lease]:
@@ -480,7 +505,8 @@ class EnvManager:
         """Start ``n`` sandboxes from a snapshot, each on its own copy-on-write layer; all or none."""
         with self._starting_sandbox():
             async with self.provisioner.forks(program_id, snapshot_id, n) as (spec, handles):
-                return await self._adopt_all(program_id, spec, handles)
+                leases = await self._adopt_all(program_id, spec, handles)
+        return await self._handed_out(leases, spec, "fork")
 
     async def check_disk_limits(self) -> list[str]:
         """Stop the sandboxes whose writable layer passed their disk limit (also done every
@@ -518,14 +544,42 @@ class EnvManager:
         if sandbox is None or sandbox.state == "destroying":
             return
         # The reason reaches the program: every later call on its lease raises LeaseReleasedError with it.
-        for lease in self._leases.of_sandbox(overrun.sandbox_id):
+        leases = self._leases.of_sandbox(overrun.sandbox_id)
+        for lease in leases:
             self._leases.remove(lease, overrun.reason)
-        await self._destroy(sandbox)
+        try:
+            await self._destroy(sandbox)
+        finally:
+            await self._announce(*self._released(leases))
 
     def _sandbox_programs(self) -> dict[str, list[str]]:
         return {sid: [lease.program_id for lease in self._leases.of_sandbox(sid)] for sid in self._sandboxes}
 
     # -------------------------------------------------------------------- internals
+
+    async def _handed_out(
+        self, leases: list[Lease], spec: SandboxSpec, via: Literal["acquire", "share", "fork"]
+    ) -> list[Lease]:
+        """Tell lifecycle listeners about new leases. Cancelled meanwhile, the caller never gets them: they
+        are released (not left to the program's end)."""
+        now = self.events.clock()
+        events = [SandboxAcquired(ls.program_id, ls.sandbox_id, ls.lease_id, spec, via, now) for ls in leases]
+        try:
+            await self._announce(*events)
+        except asyncio.CancelledError:
+            await asyncio.shield(asyncio.gather(*(self.release(lease) for lease in leases)))
+            raise
+        return leases
+
+    def _released(self, leases: Sequence[Lease]) -> list[SandboxReleased]:
+        now = self.events.clock()
+        return [SandboxReleased(ls.program_id, ls.sandbox_id, ls.lease_id, ls.release_reason, now) for ls in leases]
+
+    async def _announce(self, *events: LifecycleEvent) -> None:
+        """Lifecycle events to listeners (a failing listener is logged by the bus); shielded, so a cancelled
+        caller does not cut the others short."""
+        if events:
+            await asyncio.shield(self.events.emit_lifecycle(*events))
 
     def _lease(self, program_id: str, sandbox: _Sandbox) -> Lease:
         if sandbox.state == "lingering":
@@ -747,11 +801,14 @@ class EnvManager:
         for lease in leases:
             self._leases.remove(lease, f"sandbox died: {reason}")
         log.warning("sandbox %s died (%s); its %d lease(s) are revoked", sandbox.sandbox_id, reason, len(leases))
-        for program_id in sorted({lease.program_id for lease in leases}):
-            await self.events.emit_sandbox(
-                SandboxEvent("sandbox_dead", program_id, sandbox.sandbox_id, reason, self.events.clock())
-            )
-        await self._destroy(sandbox)
+        try:
+            for program_id in sorted({lease.program_id for lease in leases}):
+                await self.events.emit_sandbox(
+                    SandboxEvent("sandbox_dead", program_id, sandbox.sandbox_id, reason, self.events.clock())
+                )
+            await self._destroy(sandbox)
+        finally:
+            await self._announce(*self._released(leases))
 
     async def _watch_forever(self) -> None:
         assert self.config.health_interval_s is not None
@@ -842,11 +899,16 @@ class EnvManager:
             if sb.state == "ready" and sb.busy == 0 and now - sb.last_used_at > ttl
             and not any(p.running for p in sb.processes.values())
         ]
+        reclaimed: list[Lease] = []
         for sandbox in idle:
             for lease in self._leases.of_sandbox(sandbox.sandbox_id):
                 self._leases.remove(lease, f"reclaimed after {ttl:g} s idle")
+                reclaimed.append(lease)
             log.info("reclaiming idle sandbox %s", sandbox.sandbox_id)
-        await asyncio.gather(*(self._destroy(sb) for sb in idle), return_exceptions=True)
+        try:
+            await asyncio.gather(*(self._destroy(sb) for sb in idle), return_exceptions=True)
+        finally:
+            await self._announce(*self._released(reclaimed))
         return [sb.sandbox_id for sb in idle]
 
     def _info(self, sandbox: _Sandbox) -> SandboxInfo:

@@ -10,7 +10,7 @@ The only package that imports all of `thunder_env`, `mcp_server` and `thunder_sc
 from .app import CombinedServer, build_combined, open_combined
 from .config import CombinedConfig
 from .errors import AdapterError, CombinedError, DemoError, StatusUnavailableError
-from .link import LinkedProgramRegistry, ProgramLink
+from .link import ProgramLink
 from .serve import serving
 from .status import StatusReport
 
@@ -20,7 +20,6 @@ __all__ = [
     "CombinedError",
     "CombinedServer",
     "DemoError",
-    "LinkedProgramRegistry",
     "ProgramLink",
     "StatusReport",
     "StatusUnavailableError",

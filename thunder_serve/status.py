@@ -13,9 +13,9 @@ import time
 from pydantic import BaseModel
 
 from mcp_server import ProgramRegistry
+from thunder_env import EnvManager
 from thunder_sched.scheduler import Scheduler
 
-from .envs import CombinedEnvManager
 from .link import ProgramLink
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class StatusReport(BaseModel):
 
 async def build_status(
     scheduler: Scheduler,
-    manager: CombinedEnvManager,
+    manager: EnvManager,
     registry: ProgramRegistry,
     link: ProgramLink,
     *,
@@ -166,14 +166,14 @@ async def build_status(
     )
 
 
-async def _containers(manager: CombinedEnvManager) -> int:
+async def _containers(manager: EnvManager) -> int:
     found = await manager.backend.list_managed(
         {"thunder.namespace": manager.config.namespace, "thunder.instance": manager.instance_id}
     )
     return sum(1 for resource in found if resource.kind == "container")
 
 
-async def _disk_by_program(manager: CombinedEnvManager) -> dict[str, int] | None:
+async def _disk_by_program(manager: EnvManager) -> dict[str, int] | None:
     try:
         report = await asyncio.wait_for(manager.provisioner.disk_usage(), DISK_TIMEOUT_S)
     except (TimeoutError, Exception) as exc:  # sizes are informative: the rest of the status still matters
