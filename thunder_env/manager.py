@@ -933,4 +933,3 @@ class _Outcome:
 
 def _death_reason(exc: Exception) -> str:
     return "its container is gone" if isinstance(exc, SandboxNotFoundError) else "its container is not running"
-
