@@ -205,3 +205,24 @@ async def test_the_provisioner_works_from_explicit_parts_without_a_manager(backe
     await provisioner.end_program("q")  # an unclaimed preparation goes with its program
     assert backend.live == {} and len(removed) == 1
     await provisioner.close()
+
+
+def test_no_product_class_subclasses_a_component_class() -> None:
+    """The product layer composes the components (events, listeners, hooks); it never extends their classes."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import thunder_serve
+    from thunder_sched.scheduler import Scheduler
+
+    component = (EnvManager, ProgramRegistry, Scheduler, Provisioner)
+    offenders = []
+    for info in pkgutil.walk_packages(thunder_serve.__path__, "thunder_serve."):
+        if info.name.endswith("__main__"):
+            continue  # runs the CLI
+        module = importlib.import_module(info.name)
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ == module.__name__ and issubclass(cls, component):
+                offenders.append(f"{module.__name__}.{name}")
+    assert offenders == []
