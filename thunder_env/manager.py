@@ -93,10 +93,7 @@ class _Sandbox:
 
 
 class EnvManager:
-    """Use as ``async with EnvManager(DockerBackend()) as envs:``; closing destroys what it holds.
-
-    Pools, preparations, templates, snapshot bookkeeping and disk accounting are ``envs.provisioner``'s
-    (see provisioning.py); the manager keeps leases, operations and reclamation."""
+    """Use as ``async with EnvManager(DockerBackend()) as envs:``; closing destroys what it holds."""
 
     def __init__(
         self,
@@ -124,6 +121,8 @@ class EnvManager:
         self.orphan_report = ReconcileReport()  # the last health check's removals and failures
         self._closed = False
         self._starting: set[asyncio.Future[None]] = set()  # acquires and forks in flight: close() waits
+        # Pools, preparations, templates, snapshot holds and disk accounting (provisioning.py); the manager
+        # keeps leases, operations and reclamation, and hands the provisioner only what it needs.
         self.provisioner = Provisioner(
             backend,
             self.config,
