@@ -17,6 +17,7 @@ from typing import Literal
 
 from . import files
 from .backend import BackendSandbox, ExecRequest, ManagedResource, SandboxBackend
+from .capabilities import resolve_features
 from .config import ManagerConfig
 from .errors import (
     EngineStuckError,
@@ -93,6 +94,8 @@ class EnvManager(ProvisioningMixin):
     ) -> None:
         self.backend = backend
         self.config = config or ManagerConfig()
+        # The backend's optional capabilities, checked once: a call needing a missing one gets a typed error.
+        self.features = resolve_features(backend, self.config)
         self.events = events or EventBus()
         self.instance_id = secrets.token_hex(8)
         self.owner = OwnerIdentity.current()
@@ -117,7 +120,7 @@ class EnvManager(ProvisioningMixin):
     # ----------------------------------------------------------------- lifecycle of the manager
 
     async def start(self) -> ReconcileReport | None:
-        self._storage_path = await self.backend.storage_path()
+        self._storage_path = await self.features.disk.storage_path()
         report = await self.reconcile() if self.config.reconcile_on_start else None
         if self.config.idle_ttl_s is not None:
             self._reaper = asyncio.create_task(self._reap_forever(), name="thunder-env-reaper")
@@ -188,7 +191,9 @@ class EnvManager(ProvisioningMixin):
 
     async def reconcile(self) -> ReconcileReport:
         """Remove what dead earlier managers of this namespace left behind (never a live one's)."""
-        return await reconcile_namespace(self.backend, self.config.namespace, self.instance_id)
+        return await reconcile_namespace(
+            self.backend, self.config.namespace, self.instance_id, self.features.host_agent
+        )
 
     # ----------------------------------------------------------------------- leases
 

@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from .backend import BackendSandbox, SandboxBackend
+from .backend import BackendSandbox, Capability, SandboxBackend
+from .capabilities import BackendFeatures
 from .config import ManagerConfig
 from .diskguard import DiskLimitWatch, DiskOverrun
 from .diskusage import DiskMeter, SnapshotOwnership, account
@@ -42,6 +43,7 @@ MAX_FORKS = 1000
 class ProvisioningMixin:
     if TYPE_CHECKING:
         backend: SandboxBackend
+        features: BackendFeatures
         config: ManagerConfig
         instance_id: str
         _clock: Callable[[], float]
@@ -61,7 +63,7 @@ class ProvisioningMixin:
 
     def _init_provisioning(self) -> None:
         config = self.config
-        self._snapshots = SnapshotStore(self.backend, self.labels, self._clock)
+        self._snapshots = SnapshotStore(self.features.snapshots, self.labels, self._clock)
         # Every sandbox id this manager created a container for and still answers for (adopted, warm,
         # prepared, half-started): added before the engine call, dropped once its removal was attempted.
         # The health check removes this instance's containers that are in no such hand (see check_health).
@@ -87,7 +89,7 @@ class ProvisioningMixin:
             clock=self._clock,
         )
         self._preparations = Preparations(self._obtain_prepared, self._discard_sandbox, config.prepare_ttl_s)
-        self._disk = DiskMeter(self.backend, config.disk_usage_cache_s, self._clock)
+        self._disk = DiskMeter(self.features.disk, config.disk_usage_cache_s, self._clock)
         self._gc_lock = asyncio.Lock()
         self._gc_tasks: set[asyncio.Task[None]] = set()
         self._disk_limits = DiskLimitWatch(
@@ -295,6 +297,11 @@ class ProvisioningMixin:
 
     async def _start_sandbox(self, spec: SandboxSpec, label_program: str) -> BackendSandbox:
         """Start one sandbox of ``spec``, from its template's snapshot when it has setup steps."""
+        if spec.setup:  # before any build: a template is a snapshot of its setup steps
+            self.features.require(
+                Capability.SNAPSHOTS, type(self.backend).__name__,
+                "a spec with setup steps is built once and kept as a snapshot; run the steps in the sandbox instead",
+            )
         snapshot = await self._templates.ensure(self._with_disk_limit(spec)) if spec.setup else None
         check_host_reserves(self._storage_path, self.config.min_free_disk_bytes, self.config.min_free_memory_bytes)
         sandbox_id = "sb-" + secrets.token_hex(6)
@@ -309,6 +316,11 @@ class ProvisioningMixin:
         # Shielded: a create request cut off by a cancellation still completes inside the engine, so
         # removing at once could run before the container exists. Let it answer, then remove.
         launch = self._with_disk_limit(launch)
+        if launch.disk_bytes is not None:
+            self.features.require(  # a limit nobody can measure is refused, not dropped
+                Capability.DISK_ACCOUNTING, type(self.backend).__name__,
+                "a sandbox disk limit (disk_bytes) needs it; leave disk_bytes unset on this backend",
+            )
         self._in_hand.add(sandbox_id)  # before the engine call: a create in flight is never judged orphaned
         creating = asyncio.ensure_future(
             self.backend.create(sandbox_id, launch, self.labels(label_program, sandbox_id))
@@ -318,7 +330,7 @@ class ProvisioningMixin:
         except BaseException:
             await asyncio.shield(self._discard_after(creating, sandbox_id))
             raise
-        if launch.disk_bytes is not None and getattr(self.backend, "enforces_disk_limit", None) is not True:
+        if launch.disk_bytes is not None and self.features.disk.enforces_disk_limit is not True:
             if not self._closed:
                 self._disk_limits.start()  # the driver cannot limit it: measure it
         return handle

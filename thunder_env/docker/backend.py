@@ -8,6 +8,7 @@ from pathlib import Path
 import aiodocker
 import aiohttp
 
+from ..backend import Capability
 from .execution import DockerExecution
 from .lifecycle import DEFAULT_LOG_MAX_BYTES, DockerLifecycle
 from .networks import ProgramNetworks
@@ -30,6 +31,9 @@ class DockerBackend(DockerLifecycle, DockerExecution, DockerSnapshots):
     per-sandbox socket directories live under ``agent_run_dir``, its binary under ``agent_cache_dir``.
     ``log_max_bytes``: the size of each sandbox's one container log file (the engine drops older lines).
     """
+
+    # Snapshots are image commits, disk accounting is /system/df, the agent keeps host directories.
+    capabilities = frozenset({Capability.SNAPSHOTS, Capability.DISK_ACCOUNTING, Capability.HOST_AGENT})
 
     def __init__(
         self,
