@@ -82,7 +82,7 @@ class _Sandbox:
 
 
 class EnvManager(ProvisioningMixin):
-    """Use as ``async with EnvManager(DockerBackend()) as envs:``; closing destroys what it holds."""
+    """Use as ``async with EnvManager(make_backend()) as envs:``; closing destroys what it holds."""
 
     def __init__(
         self,

@@ -9,17 +9,21 @@ import aiodocker
 import aiohttp
 
 from ..backend import Capability
+from ..backend_config import (
+    DOCKER_CONTROL_CONNECTIONS,
+    DOCKER_ENGINE_TIMEOUT_S,
+    DOCKER_LOG_MAX_BYTES,
+    DOCKER_STREAM_CONNECTIONS,
+    DockerBackendConfig,
+)
 from .execution import DockerExecution
-from .lifecycle import DEFAULT_LOG_MAX_BYTES, DockerLifecycle
+from .lifecycle import DockerLifecycle
 from .networks import ProgramNetworks
 from .snapshots import DockerSnapshots
 
-# Control calls (create, inspect, remove, list) must answer within this long: past it the engine is
-# reported stuck (EngineStuckError) instead of blocking destroy and close() forever.
-ENGINE_TIMEOUT_S = 120.0
+# Control calls must answer within engine_timeout_s: past it the engine is reported stuck
+# (EngineStuckError) instead of blocking destroy and close() forever. Either client connects within this.
 CONNECT_TIMEOUT_S = 10.0
-CONTROL_CONNECTIONS = 32
-STREAM_CONNECTIONS = 64
 
 
 class DockerBackend(DockerLifecycle, DockerExecution, DockerSnapshots):
@@ -42,10 +46,10 @@ class DockerBackend(DockerLifecycle, DockerExecution, DockerSnapshots):
         exec_agent: bool = True,
         agent_run_dir: Path | None = None,
         agent_cache_dir: Path | None = None,
-        log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
-        engine_timeout_s: float = ENGINE_TIMEOUT_S,
-        control_connections: int = CONTROL_CONNECTIONS,
-        stream_connections: int = STREAM_CONNECTIONS,
+        log_max_bytes: int = DOCKER_LOG_MAX_BYTES,
+        engine_timeout_s: float = DOCKER_ENGINE_TIMEOUT_S,
+        control_connections: int = DOCKER_CONTROL_CONNECTIONS,
+        stream_connections: int = DOCKER_STREAM_CONNECTIONS,
     ) -> None:
         self._docker = aiodocker.Docker(
             url=url, timeout=aiohttp.ClientTimeout(total=engine_timeout_s, sock_connect=CONNECT_TIMEOUT_S)
@@ -58,6 +62,19 @@ class DockerBackend(DockerLifecycle, DockerExecution, DockerSnapshots):
         self._log_max_bytes = log_max_bytes
         self.enforces_disk_limit = None
         self._init_agent(exec_agent, agent_run_dir, agent_cache_dir)
+
+    @classmethod
+    def from_config(cls, config: DockerBackendConfig) -> DockerBackend:
+        return cls(
+            config.url,
+            exec_agent=config.exec_agent,
+            agent_run_dir=config.agent_run_dir,
+            agent_cache_dir=config.agent_cache_dir,
+            log_max_bytes=config.log_max_bytes,
+            engine_timeout_s=config.engine_timeout_s,
+            control_connections=config.control_connections,
+            stream_connections=config.stream_connections,
+        )
 
     @property
     def client(self) -> aiodocker.Docker:

@@ -10,6 +10,7 @@ from typing import Any
 import aiodocker
 
 from ..backend import BackendSandbox, ManagedResource
+from ..backend_config import DOCKER_LOG_MAX_BYTES as DEFAULT_LOG_MAX_BYTES
 from ..errors import BackendError, ImageNotFoundError, InvalidSpecError
 from ..spec import SandboxSpec
 from .agent_support import DockerAgentSupport
@@ -19,7 +20,6 @@ from .networks import ProgramNetworks
 log = logging.getLogger(__name__)
 
 CONTAINER_PREFIX = "thunder-"
-DEFAULT_LOG_MAX_BYTES = 1 << 20
 # A removal already under way (another caller's) is waited for this long before the caller retries.
 REMOVAL_POLLS = 50
 REMOVAL_POLL_S = 0.2
