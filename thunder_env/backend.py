@@ -140,9 +140,10 @@ class SnapshotSupport(Protocol):
 class DiskAccounting(Protocol):
     """The engine's own size data, and where its disks live."""
 
-    # Whether the backend itself caps a sandbox's writable layer (None: not known yet); where it does
-    # not, the manager measures the layers with ``disk_usage`` and stops a sandbox past its limit.
-    enforces_disk_limit: bool | None
+    @property
+    def enforces_disk_limit(self) -> bool | None:
+        """Whether the backend itself caps a sandbox's writable layer (None: not known yet); where it
+        does not, the manager measures the layers with ``disk_usage`` and stops a sandbox past its limit."""
 
     async def disk_usage(self) -> EngineDiskUsage: ...
 
