@@ -68,7 +68,13 @@ class BackendFeatures:
 def resolve_features(backend: SandboxBackend, config: ManagerConfig) -> BackendFeatures:
     """Check the backend's declaration against what it implements and what ``config`` asks of it."""
     name = type(backend).__name__
-    declared = frozenset(backend.capabilities)
+    capabilities = getattr(backend, "capabilities", None)
+    if not isinstance(capabilities, (set, frozenset)):
+        raise BackendDeclarationError(
+            f"{name} declares no capabilities: give it `capabilities = frozenset()` (or the Capability "
+            "members it implements)"
+        )
+    declared = frozenset(capabilities)
     for capability in declared:
         if not isinstance(backend, _PROTOCOLS[capability]):
             raise BackendDeclarationError(

@@ -76,6 +76,8 @@ def test_a_declared_capability_the_backend_does_not_implement_is_refused() -> No
     backend = types.SimpleNamespace(capabilities=frozenset({Capability.HOST_AGENT}))
     with pytest.raises(BackendDeclarationError, match="host_agent capability but does not implement HostLocalAgent"):
         EnvManager(backend, config(**NO_DISK_LIMITS))  # type: ignore[arg-type]
+    with pytest.raises(BackendDeclarationError, match="declares no capabilities"):
+        EnvManager(types.SimpleNamespace(), config(**NO_DISK_LIMITS))  # type: ignore[arg-type]
 
 
 async def test_reconcile_cleans_host_directories_only_for_a_backend_declaring_a_host_agent() -> None:
