@@ -51,6 +51,7 @@ class BackendFeatures:
     ``MissingCapabilityError``; ``host_agent`` is None when the backend keeps nothing on this host.
     """
 
+    backend: str  # its name, for messages
     declared: frozenset[Capability]
     snapshots: SnapshotSupport
     disk: DiskAccounting
@@ -59,10 +60,10 @@ class BackendFeatures:
     def has(self, capability: Capability) -> bool:
         return capability in self.declared
 
-    def require(self, capability: Capability, backend: str, hint: str) -> None:
+    def require(self, capability: Capability, hint: str) -> None:
         """Raise MissingCapabilityError (with ``hint``: what needs it, what to do) unless declared."""
         if capability not in self.declared:
-            raise MissingCapabilityError(capability, backend, hint)
+            raise MissingCapabilityError(capability, self.backend, hint)
 
 
 def resolve_features(backend: SandboxBackend, config: ManagerConfig) -> BackendFeatures:
@@ -96,6 +97,7 @@ def resolve_features(backend: SandboxBackend, config: ManagerConfig) -> BackendF
                 "set them to None in ManagerConfig or use a backend with disk accounting",
             )
     return BackendFeatures(
+        backend=name,
         declared=declared,
         snapshots=backend if Capability.SNAPSHOTS in declared else _NoSnapshots(name),  # type: ignore[arg-type]
         disk=backend if Capability.DISK_ACCOUNTING in declared else _NoDiskAccounting(name),  # type: ignore[arg-type]

@@ -299,7 +299,7 @@ class ProvisioningMixin:
         """Start one sandbox of ``spec``, from its template's snapshot when it has setup steps."""
         if spec.setup:  # before any build: a template is a snapshot of its setup steps
             self.features.require(
-                Capability.SNAPSHOTS, type(self.backend).__name__,
+                Capability.SNAPSHOTS,
                 "a spec with setup steps is built once and kept as a snapshot; run the steps in the sandbox instead",
             )
         snapshot = await self._templates.ensure(self._with_disk_limit(spec)) if spec.setup else None
@@ -318,7 +318,7 @@ class ProvisioningMixin:
         launch = self._with_disk_limit(launch)
         if launch.disk_bytes is not None:
             self.features.require(  # a limit nobody can measure is refused, not dropped
-                Capability.DISK_ACCOUNTING, type(self.backend).__name__,
+                Capability.DISK_ACCOUNTING,
                 "a sandbox disk limit (disk_bytes) needs it; leave disk_bytes unset on this backend",
             )
         self._in_hand.add(sandbox_id)  # before the engine call: a create in flight is never judged orphaned
