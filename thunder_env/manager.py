@@ -17,6 +17,7 @@ from typing import Literal
 
 from . import files
 from .backend import BackendSandbox, ExecRequest, ManagedResource, SandboxBackend
+from .capabilities import resolve_features
 from .config import ManagerConfig
 from .diskguard import DiskLimitWatch, DiskOverrun
 from .errors import (
@@ -93,7 +94,7 @@ class _Sandbox:
 
 
 class EnvManager:
-    """Use as ``async with EnvManager(DockerBackend()) as envs:``; closing destroys what it holds."""
+    """Use as ``async with EnvManager(make_backend()) as envs:``; closing destroys what it holds."""
 
     def __init__(
         self,
@@ -105,6 +106,8 @@ class EnvManager:
     ) -> None:
         self.backend = backend
         self.config = config or ManagerConfig()
+        # The backend's optional capabilities, checked once: a call needing a missing one gets a typed error.
+        self.features = resolve_features(backend, self.config)
         self.events = events or EventBus()
         self.instance_id = secrets.token_hex(8)
         self.owner = OwnerIdentity.current()
@@ -125,6 +128,7 @@ class EnvManager:
         # keeps leases, operations and reclamation, and hands the provisioner only what it needs.
         self.provisioner = Provisioner(
             backend,
+            self.features,
             self.config,
             instance_id=self.instance_id,
             labels=self.labels,
@@ -143,7 +147,7 @@ class EnvManager:
     # ----------------------------------------------------------------- lifecycle of the manager
 
     async def start(self) -> ReconcileReport | None:
-        self._storage_path = await self.backend.storage_path()
+        self._storage_path = await self.features.disk.storage_path()
         report = await self.reconcile() if self.config.reconcile_on_start else None
         if self.config.idle_ttl_s is not None:
             self._reaper = asyncio.create_task(self._reap_forever(), name="thunder-env-reaper")
@@ -217,7 +221,9 @@ class EnvManager:
 
     async def reconcile(self) -> ReconcileReport:
         """Remove what dead earlier managers of this namespace left behind (never a live one's)."""
-        return await reconcile_namespace(self.backend, self.config.namespace, self.instance_id)
+        return await reconcile_namespace(
+            self.backend, self.config.namespace, self.instance_id, self.features.host_agent
+        )
 
     # ----------------------------------------------------------------------- leases
 
@@ -527,7 +533,7 @@ class EnvManager:
         return leases
 
     def _limits_disk(self) -> bool:
-        return getattr(self.backend, "enforces_disk_limit", None) is True
+        return self.features.disk.enforces_disk_limit is True
 
     def _sandbox_disk_limits(self) -> dict[str, int]:
         """Adopted sandboxes only: warm and prepared ones run no program's commands yet."""

@@ -19,7 +19,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
-from .backend import BackendSandbox, SandboxBackend
+from .backend import BackendSandbox, Capability, SandboxBackend
+from .capabilities import BackendFeatures
 from .config import ManagerConfig
 from .diskusage import DiskMeter, SnapshotOwnership, account
 from .errors import InvalidSpecError, ManagerClosedError, ThunderError
@@ -48,6 +49,7 @@ class Provisioner:
     def __init__(
         self,
         backend: SandboxBackend,
+        features: BackendFeatures,
         config: ManagerConfig,
         *,
         instance_id: str,
@@ -58,6 +60,7 @@ class Provisioner:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend
+        self.features = features  # the backend's declared capabilities (checked once by the manager)
         self.config = config
         self._instance_id = instance_id
         self._labels = labels
@@ -65,7 +68,7 @@ class Provisioner:
         self._storage_path = storage_path  # known once the manager started
         self._sandbox_programs = sandbox_programs  # adopted sandbox id -> programs leasing it (disk accounting)
         self._closed = False
-        self._snapshots = SnapshotStore(backend, labels, clock)
+        self._snapshots = SnapshotStore(features.snapshots, labels, clock)
         # Every sandbox id this provisioner created a container for and the manager still answers for
         # (adopted, warm, prepared, half-started): added before the engine call, dropped once its removal
         # was attempted. The manager's health check removes this instance's containers in no such hand.
@@ -94,7 +97,7 @@ class Provisioner:
             clock=clock,
         )
         self._preparations = Preparations(self._obtain_prepared, self.discard, config.prepare_ttl_s)
-        self._disk = DiskMeter(backend, config.disk_usage_cache_s, clock)
+        self._disk = DiskMeter(features.disk, config.disk_usage_cache_s, clock)
         self._gc_lock = asyncio.Lock()
         self._gc_tasks: set[asyncio.Task[None]] = set()
 
@@ -311,6 +314,11 @@ class Provisioner:
 
     async def _start_sandbox(self, spec: SandboxSpec, label_program: str) -> BackendSandbox:
         """Start one sandbox of ``spec``, from its template's snapshot when it has setup steps."""
+        if spec.setup:  # before any build: a template is a snapshot of its setup steps
+            self.features.require(
+                Capability.SNAPSHOTS,
+                "a spec with setup steps is built once and kept as a snapshot; run the steps in the sandbox instead",
+            )
         snapshot = await self._templates.ensure(self._with_disk_limit(spec)) if spec.setup else None
         check_host_reserves(self._storage_path(), self.config.min_free_disk_bytes, self.config.min_free_memory_bytes)
         sandbox_id = "sb-" + secrets.token_hex(6)
@@ -325,6 +333,11 @@ class Provisioner:
         # Shielded: a create request cut off by a cancellation still completes inside the engine, so
         # removing at once could run before the container exists. Let it answer, then remove.
         launch = self._with_disk_limit(launch)
+        if launch.disk_bytes is not None:
+            self.features.require(  # a limit nobody can measure is refused, not dropped
+                Capability.DISK_ACCOUNTING,
+                "a sandbox disk limit (disk_bytes) needs it; leave disk_bytes unset on this backend",
+            )
         self._in_hand.add(sandbox_id)  # before the engine call: a create in flight is never judged orphaned
         creating = asyncio.ensure_future(
             self.backend.create(sandbox_id, launch, self._labels(label_program, sandbox_id))

@@ -1,6 +1,6 @@
 """The combined server: scheduler, MCP server and one env manager in one ASGI app, on one event loop.
 
-    async with open_combined(config) as combined:      # Docker backend + started env manager
+    async with open_combined(config) as combined:      # config.sandbox_backend + started env manager
         ...serve combined.app (uvicorn runs its lifespan: scheduler client and loops, MCP sessions)
 
 Routes: `/v1/*`, `/health`, `/programs*` (the scheduler's app), `/p/{program_id}/v1/*` (the same, program
@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcp_server import HttpConfig, ProgramRegistry, ThunderServer, build_server, create_http_app, http_lifespan
 from thunder_env import EnvManager
 from thunder_env.backend import SandboxBackend
-from thunder_env.docker import DockerBackend
+from thunder_env.backend_factory import make_backend
 from thunder_sched.app import create_app, get_scheduler
 from thunder_sched.scheduler import Scheduler
 
@@ -220,11 +220,11 @@ async def open_combined(
     backend: SandboxBackend | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[CombinedServer]:
-    """A started env manager on `backend` (default: a new local `DockerBackend`, closed on exit) and the
+    """A started env manager on `backend` (default: a new one from `config.sandbox_backend`, closed on exit) and the
     combined app around it. Serve `app` while inside; on exit every sandbox of the manager is destroyed."""
     own_backend = backend is None
     if backend is None:
-        backend = DockerBackend()  # made here, on the running loop (its HTTP session needs one)
+        backend = make_backend(config.sandbox_backend)  # made here, on the running loop (its HTTP session needs one)
     try:
         manager = EnvManager(backend, config.manager)
         await manager.start()

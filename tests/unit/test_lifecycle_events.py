@@ -19,10 +19,11 @@ from thunder_env import (
     SandboxReleased,
     SandboxSpec,
 )
+from thunder_env.capabilities import resolve_features
 from thunder_env.provisioning import Provisioner
 from thunder_serve.envs import EnvMemory
 
-from .test_serve_link import MemoryBackend
+from ..fakes import MemoryBackend
 
 SPEC = SandboxSpec(image="fake/image:1")
 OTHER = SandboxSpec(image="fake/image:2")
@@ -182,6 +183,7 @@ async def test_the_provisioner_works_from_explicit_parts_without_a_manager(backe
 
     provisioner = Provisioner(
         backend,  # type: ignore[arg-type]
+        resolve_features(backend, _config()),  # type: ignore[arg-type]
         _config(),
         instance_id="i1",
         labels=lambda program, sandbox: {"thunder.program": program, "thunder.sandbox": sandbox},
@@ -194,7 +196,7 @@ async def test_the_provisioner_works_from_explicit_parts_without_a_manager(backe
         await asyncio.sleep(0)
     assert provisioner.is_prepared("p", SPEC)
     handle, origin = await provisioner.provision("p", SPEC)
-    assert origin == "prepared" and backend.live[handle.sandbox_id]["thunder.program"] == "p"
+    assert origin == "prepared" and backend.live[handle.sandbox_id].labels["thunder.program"] == "p"
     assert provisioner.answers_for(handle.sandbox_id)
     await provisioner.sandbox_gone(handle.sandbox_id)  # as the manager does once it removed the container
     await backend.destroy(handle.sandbox_id)

@@ -22,7 +22,7 @@ from thunder_serve.config import CombinedConfig
 from thunder_serve.serve import serving
 from thunder_serve.status import StatusReport
 
-from .test_serve_link import MemoryBackend
+from ..fakes import MemoryBackend
 
 BACKEND = "http://fake-vllm"
 TOKEN = "unit-token-" + "0123456789abcdef"

@@ -1,13 +1,13 @@
 """The combined layer's coupling, without Docker or vLLM: a program's end on either side ends the other exactly
 once, a restore prepares the program's last environment, and the scheduler calls the restore hook only on
-restores (never on first admissions). The env manager runs on an in-memory backend (the lifecycle calls only);
+restores (never on first admissions). The env manager runs on the in-memory backend of tests/fakes.py;
 real Docker and the real CPU vLLM are in tests/vllm/test_serve_e2e.py."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -16,7 +16,6 @@ import pytest
 from mcp_server import ProgramRegistry, ServerConfig
 from mcp_server.errors import ProgramRetiredError
 from thunder_env import EnvManager, ManagerConfig, SandboxReleased, SandboxSpec
-from thunder_env.backend import BackendSandbox, EngineDiskUsage, ManagedResource
 from thunder_env.events import ToolEvent
 from thunder_sched.config import PolicyConfig, SchedulerConfig
 from thunder_sched.policy import Status
@@ -24,54 +23,11 @@ from thunder_sched.program import Usage
 from thunder_sched.scheduler import Scheduler
 from thunder_serve.link import ProgramLink
 
+from ..fakes import MemoryBackend
+
 SPEC = SandboxSpec(image="fake/image:1")
 OTHER = SandboxSpec(image="fake/image:2")
 BACKEND = "http://fake-vllm"
-
-
-@dataclass
-class MemoryBackend:
-    """Just enough of a SandboxBackend for the manager's lifecycle: sandboxes are names in a dict."""
-
-    live: dict[str, Mapping[str, str]] = field(default_factory=dict)
-    created: int = 0
-
-    async def create(self, sandbox_id: str, spec: SandboxSpec, labels: Mapping[str, str]) -> BackendSandbox:
-        await asyncio.sleep(0)
-        self.live[sandbox_id] = dict(labels)
-        self.created += 1
-        return BackendSandbox(sandbox_id, "c-" + sandbox_id, None)
-
-    async def destroy(self, sandbox_id: str) -> None:
-        self.live.pop(sandbox_id, None)
-
-    async def is_running(self, sandbox_id: str) -> bool:
-        return sandbox_id in self.live
-
-    async def list_managed(self, labels: Mapping[str, str]) -> list[ManagedResource]:
-        return [
-            ManagedResource("container", "c-" + sid, found)
-            for sid, found in self.live.items()
-            if all(found.get(k) == v for k, v in labels.items())
-        ]
-
-    async def remove_managed(self, resource: ManagedResource) -> None:
-        self.live.pop(resource.resource_id.removeprefix("c-"), None)
-
-    async def retry_removals(self) -> list[str]:
-        return []
-
-    async def storage_path(self) -> str | None:
-        return None
-
-    async def remove_orphan_dirs(self, namespace: str, live_sandbox_ids: Collection[str]) -> list[str]:
-        return []
-
-    async def disk_usage(self) -> EngineDiskUsage:
-        return EngineDiskUsage(0, (), ())
-
-    async def close(self) -> None:
-        pass
 
 
 @dataclass

@@ -13,7 +13,7 @@ import sys
 import time
 
 from .. import EnvManager, ManagerConfig, SandboxSpec
-from ..docker import DockerBackend
+from ..backend_factory import open_backend
 from .stats import p50_ms, p95_ms
 
 SETUP = ("python3 -c 'import json, sqlite3, venv' && echo ready > /etc/thunder-template-ready",)
@@ -30,7 +30,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     namespace = "bench-pool-" + secrets.token_hex(4)
     spec = SandboxSpec(image=args.image, memory_bytes=256 << 20, setup=SETUP)
     config = ManagerConfig(namespace=namespace, idle_ttl_s=None, pool_refill_concurrency=args.refill_concurrency)
-    async with DockerBackend() as backend:
+    async with open_backend() as backend:
         manager = EnvManager(backend, config)
         await manager.start()
         try:
