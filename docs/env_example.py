@@ -3,11 +3,11 @@
 import asyncio
 
 from thunder_env import EnvManager, ManagerConfig, SandboxSpec
-from thunder_env.docker import DockerBackend
+from thunder_env.backend_factory import open_backend
 
 
 async def main() -> None:
-    async with DockerBackend() as backend, EnvManager(backend, ManagerConfig(namespace="example")) as envs:
+    async with open_backend() as backend, EnvManager(backend, ManagerConfig(namespace="example")) as envs:
         lease = await envs.acquire("agent-run-1", SandboxSpec(image="thunder/base:latest"))
         await envs.write_file(lease, "hello.sh", b"echo hello from $(hostname)\n")
         result = await envs.exec(lease, "sh hello.sh", timeout_s=10)

@@ -22,7 +22,8 @@ from pydantic import ValidationError
 from thunder_common.program_ids import check_program_id
 from thunder_common.serving import serving
 from thunder_env import EnvManager, ManagerConfig, ThunderError
-from thunder_env.docker import DockerBackend
+from thunder_env.backend_config import BackendConfig, DockerBackendConfig
+from thunder_env.backend_factory import open_backend
 
 from .config import HttpConfig, SchedulerLinkConfig, ServerConfig
 from .delivery import PostSender
@@ -94,6 +95,12 @@ def build_parser(prog: str = "thunder-mcp") -> argparse.ArgumentParser:
         default=None,
         help="HTTP: a token that reaches only POST /programs/<id>/end, for the scheduler's notifier "
         "(default: $THUNDER_NOTIFIER_TOKEN; the server token always does)",
+    )
+    p.add_argument(
+        "--docker-url",
+        default=None,
+        metavar="URL",
+        help="the Docker Engine of the sandboxes (default: $DOCKER_HOST, else the local socket)",
     )
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     return p
@@ -171,8 +178,9 @@ async def serve(
     generated_token: bool = False,
     show_claude: bool = False,
     scheduler: SchedulerLinkConfig | None = None,
+    backend_config: BackendConfig | None = None,
 ) -> None:
-    async with DockerBackend() as backend:
+    async with open_backend(backend_config) as backend:
         manager = EnvManager(backend, manager_config)
         await manager.start()
         try:
@@ -223,6 +231,7 @@ def main(argv: Sequence[str] | None = None, *, show_claude: bool = False) -> int
                 generated_token=generated,
                 show_claude=show_claude,
                 scheduler=scheduler,
+                backend_config=DockerBackendConfig(url=args.docker_url),
             ),
             stdio=http is None,
         )

@@ -113,15 +113,27 @@ class EndNotice:
 
 
 EndListener = Callable[[EndNotice], None]
+IdleGuard = Callable[[str], bool]  # program id -> True: something else decides when it is idle
 
 
 class ProgramRegistry:
+    """``idle_guard`` (optional): programs it answers True for count as active at each idle check (e.g. the
+    combined server's scheduler, which sees their LLM requests too, ends them by its own inactivity timer);
+    the idle timeout counts for them from the last check they were guarded. Ends reach others through
+    ``add_end_listener``: compose, do not subclass."""
+
     def __init__(
-        self, manager: EnvManager, config: ServerConfig, *, clock: Callable[[], float] = time.monotonic
+        self,
+        manager: EnvManager,
+        config: ServerConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        idle_guard: IdleGuard | None = None,
     ) -> None:
         self.manager = manager
         self.config = config
         self._clock = clock
+        self._idle_guard = idle_guard
         self._programs: dict[str, ProgramState] = {}
         self._ended: OrderedDict[str, str] = OrderedDict()
         self._reaper: asyncio.Task[None] | None = None
@@ -264,6 +276,10 @@ class ProgramRegistry:
         if ttl is None:
             return []
         now = self._clock()
+        if self._idle_guard is not None:
+            for program_id, state in self._programs.items():
+                if self._guarded(program_id):
+                    state.last_active = now
         idle = [
             pid for pid, state in self._programs.items() if state.active_calls == 0 and now - state.last_active > ttl
         ]
@@ -297,6 +313,14 @@ class ProgramRegistry:
         self._ended.move_to_end(program_id)
         while len(self._ended) > limit:
             self._ended.popitem(last=False)
+
+    def _guarded(self, program_id: str) -> bool:
+        assert self._idle_guard is not None
+        try:
+            return self._idle_guard(program_id)
+        except Exception:  # a broken guard must not stop the reaper: the program's own timeout applies
+            log.exception("idle guard %r failed for program %s", self._idle_guard, program_id)
+            return False
 
     def _ensure_reaper(self) -> None:
         if self._reaper is None and self.config.program_idle_timeout_s is not None:

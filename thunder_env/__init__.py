@@ -20,7 +20,15 @@ from .errors import (
     SandboxNotFoundError,
     ThunderError,
 )
-from .events import EventBus, SandboxEvent, ToolEvent
+from .events import (
+    EventBus,
+    LifecycleEvent,
+    ProgramEnded,
+    SandboxAcquired,
+    SandboxEvent,
+    SandboxReleased,
+    ToolEvent,
+)
 from .leases import Lease
 from .manager import DEFAULT, EnvManager
 from .results import CapturedOutput, ExecResult, FileEntry, OutputChunk, PortBinding, SandboxInfo
@@ -43,17 +51,21 @@ __all__ = [
     "InvalidSpecError",
     "Lease",
     "LeaseReleasedError",
+    "LifecycleEvent",
     "ManagerClosedError",
     "ManagerConfig",
     "OutputChunk",
     "PortBinding",
     "PortExposeError",
     "ProcessNotFoundError",
+    "ProgramEnded",
     "ResourceExhaustedError",
+    "SandboxAcquired",
     "SandboxDeadError",
     "SandboxEvent",
     "SandboxInfo",
     "SandboxNotFoundError",
+    "SandboxReleased",
     "SandboxSpec",
     "SandboxesNotDestroyedError",
     "ThunderError",

@@ -1,14 +1,18 @@
-"""The seam between the manager and a container engine.
+"""The seam between the manager and a sandbox engine: what every backend must do, and what one may add.
 
-Lifecycle (create, destroy, find what is ours) is kept apart from operations (exec, archives) so a
-second engine can reuse the operations API and the manager never knows which engine it drives.
+Required (``SandboxBackend``): lifecycle (create, destroy, find and remove what is ours) kept apart from
+operations (exec, archives), so a second engine reuses the operations API and the manager never knows
+which engine it drives. Optional capabilities (snapshots, disk accounting, a host-local agent) are
+protocols of their own: a backend declares the ones it has in ``capabilities``, and the manager checks
+them once (capabilities.py) instead of probing attributes on every call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
 
 from .results import ExecResult, OutputChunk
 from .spec import SandboxSpec
@@ -62,13 +66,6 @@ class SandboxLifecycle(Protocol):
         """Remove again what the backend made beside sandboxes (networks) and failed to remove once
         nothing used it; returns what is still left."""
 
-    async def storage_path(self) -> str | None:
-        """Host path under which the engine stores sandbox disks, if it is on this host."""
-
-    async def remove_orphan_dirs(self, namespace: str, live_sandbox_ids: Collection[str]) -> list[str]:
-        """Remove host directories the backend made for sandboxes of ``namespace`` that are gone
-        (and whose maker is dead); returns their sandbox ids."""
-
 
 class SandboxOperations(Protocol):
     async def exec(
@@ -109,7 +106,7 @@ class EngineContainerUsage:
 
 @dataclass(frozen=True, slots=True)
 class EngineDiskUsage:
-    """The engine's own size data (Docker: ``/system/df``)."""
+    """The engine's own size data: every image layer once, and each sandbox's writable layer."""
 
     layers_size: int  # every image layer, counted once
     images: tuple[EngineImageUsage, ...]
@@ -120,7 +117,16 @@ class EngineDiskUsage:
         return self.layers_size + sum(c.size_rw for c in self.containers)
 
 
-class SnapshotBackend(Protocol):
+class Capability(StrEnum):
+    """An optional part of the seam a backend may declare (see ``SandboxBackend.capabilities``)."""
+
+    SNAPSHOTS = "snapshots"  # SnapshotSupport: snapshot, fork, templates with setup steps
+    DISK_ACCOUNTING = "disk_accounting"  # DiskAccounting: disk usage, disk budget and limits, host reserves
+    HOST_AGENT = "host_agent"  # HostLocalAgent: per-sandbox host directories reconcile must clean
+
+
+@runtime_checkable
+class SnapshotSupport(Protocol):
     """Snapshots as image layers: a commit adds one layer on its parent's, shared by every child."""
 
     async def commit(self, sandbox_id: str, snapshot_ref: str, labels: Mapping[str, str], pause: bool) -> str:
@@ -129,8 +135,36 @@ class SnapshotBackend(Protocol):
     async def remove_image(self, image_ref: str) -> bool:
         """Remove an image (its untagged parents go with it). False if it was already gone."""
 
+
+@runtime_checkable
+class DiskAccounting(Protocol):
+    """The engine's own size data, and where its disks live."""
+
+    @property
+    def enforces_disk_limit(self) -> bool | None:
+        """Whether the backend itself caps a sandbox's writable layer (None: not known yet); where it
+        does not, the manager measures the layers with ``disk_usage`` and stops a sandbox past its limit."""
+
     async def disk_usage(self) -> EngineDiskUsage: ...
 
+    async def storage_path(self) -> str | None:
+        """Host path under which the engine stores sandbox disks, if it is on this host."""
 
-class SandboxBackend(SandboxLifecycle, SandboxOperations, SnapshotBackend, Protocol):
+
+@runtime_checkable
+class HostLocalAgent(Protocol):
+    """Per-sandbox state on this host (an exec agent's socket directories) that outlives a dead manager."""
+
+    async def remove_orphan_dirs(self, namespace: str, live_sandbox_ids: Collection[str]) -> list[str]:
+        """Remove host directories the backend made for sandboxes of ``namespace`` that are gone
+        (and whose maker is dead); returns their sandbox ids."""
+
+
+class SandboxBackend(SandboxLifecycle, SandboxOperations, Protocol):
+    """What every backend implements. Optional parts: declared in ``capabilities``, each one's protocol
+    implemented by the backend object itself."""
+
+    @property
+    def capabilities(self) -> frozenset[Capability]: ...
+
     async def close(self) -> None: ...

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from .backend import EngineDiskUsage, SnapshotBackend
+from .backend import DiskAccounting, EngineDiskUsage
 from .results import DiskReport, DiskUsage
 
 
@@ -21,7 +21,7 @@ class DiskMeter:
     """Reads the engine's size data at most once per ``cache_s`` (it walks every writable layer).
     Concurrent readers share a request, unless it started before the age they accept."""
 
-    def __init__(self, backend: SnapshotBackend, cache_s: float, clock: Callable[[], float]) -> None:
+    def __init__(self, backend: DiskAccounting, cache_s: float, clock: Callable[[], float]) -> None:
         self._backend = backend
         self._cache_s = cache_s
         self._clock = clock

@@ -1,4 +1,10 @@
-"""Tool events: what the scheduler needs to know about a program's acting phase."""
+"""Events of the env manager, fanned out to async listeners on one ``EventBus``.
+
+- Tool events: what the scheduler needs to know about a program's acting phase.
+- Sandbox events: something happened to a sandbox behind its program's back (its container died).
+- Lifecycle events: a program got or lost a lease, a program ended. The product layer subscribes to
+  these instead of subclassing the manager (issue 12 item 2).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from .spec import SandboxSpec
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +86,46 @@ class SandboxEvent:
 SandboxEventListener = Callable[[SandboxEvent], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class SandboxAcquired:
+    """A program got a lease: ``via`` acquire (a new, warm, prepared or lingering sandbox), share or fork."""
+
+    program_id: str
+    sandbox_id: str
+    lease_id: str
+    spec: SandboxSpec  # what the sandbox was made from (a fork's: its snapshot's launch spec)
+    via: Literal["acquire", "share", "fork"]
+    time: float
+    kind: Literal["sandbox_acquired"] = "sandbox_acquired"
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxReleased:
+    """A lease handed to a program ended: released, its program ended, or revoked (``reason`` says which:
+    the same text a later call on the lease gets in its ``LeaseReleasedError``)."""
+
+    program_id: str
+    sandbox_id: str
+    lease_id: str
+    reason: str
+    time: float
+    kind: Literal["sandbox_released"] = "sandbox_released"
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramEnded:
+    """``end_program`` finished: the program holds nothing any more (its sandbox_released events came first)."""
+
+    program_id: str
+    leases_released: int
+    time: float
+    kind: Literal["program_ended"] = "program_ended"
+
+
+LifecycleEvent = SandboxAcquired | SandboxReleased | ProgramEnded
+LifecycleListener = Callable[[LifecycleEvent], Awaitable[None]]
+
+
 class EventBus:
     """Fans tool events out to async listeners. A failing listener is logged, never fatal:
     a scheduler hiccup must not fail the agent's tool call."""
@@ -86,6 +134,7 @@ class EventBus:
         self._listeners: list[ToolEventListener] = []
         # Apart from tool listeners: a scheduler that knows only tool events never sees these.
         self._sandbox_listeners: list[SandboxEventListener] = []
+        self._lifecycle_listeners: list[LifecycleListener] = []
         self.clock = clock
 
     def add_listener(self, listener: ToolEventListener) -> None:
@@ -100,11 +149,23 @@ class EventBus:
     def remove_sandbox_listener(self, listener: SandboxEventListener) -> None:
         self._sandbox_listeners.remove(listener)
 
+    def add_lifecycle_listener(self, listener: LifecycleListener) -> None:
+        """Hear every ``SandboxAcquired``, ``SandboxReleased`` and ``ProgramEnded`` (match on the type)."""
+        self._lifecycle_listeners.append(listener)
+
+    def remove_lifecycle_listener(self, listener: LifecycleListener) -> None:
+        self._lifecycle_listeners.remove(listener)
+
     async def emit(self, event: ToolEvent) -> None:
         await _fan_out(list(self._listeners), event, event.kind)
 
     async def emit_sandbox(self, event: SandboxEvent) -> None:
         await _fan_out(list(self._sandbox_listeners), event, event.kind)
+
+    async def emit_lifecycle(self, *events: LifecycleEvent) -> None:
+        """In order: each event reaches every listener before the next one is sent."""
+        for event in events:
+            await _fan_out(list(self._lifecycle_listeners), event, event.kind)
 
 
 async def _fan_out(listeners: list[Callable[[Any], Awaitable[None]]], event: object, kind: str) -> None:

@@ -19,7 +19,9 @@ from thunder_common.program_ids import check_program_id as _check_program_id
 
 from . import files
 from .backend import BackendSandbox, ExecRequest, ManagedResource, SandboxBackend
+from .capabilities import resolve_features
 from .config import ManagerConfig
+from .diskguard import DiskLimitWatch, DiskOverrun
 from .errors import (
     EngineStuckError,
     FileOperationError,
@@ -31,12 +33,22 @@ from .errors import (
     SandboxesNotDestroyedError,
     SandboxNotFoundError,
 )
-from .events import EventBus, SandboxEvent, ToolEvent, ToolEventListener, command_word
+from .events import (
+    EventBus,
+    LifecycleEvent,
+    ProgramEnded,
+    SandboxAcquired,
+    SandboxEvent,
+    SandboxReleased,
+    ToolEvent,
+    ToolEventListener,
+    command_word,
+)
 from .leases import Lease, LeaseTable
 from .ports import PortForwarder
-from .provisioning import ProvisioningMixin
+from .provisioning import Provisioner, disk_limit
 from .reconcile import OwnerIdentity, ReconcileReport, reconcile_namespace
-from .results import ExecResult, FileEntry, OutputChunk, PortBinding, SandboxInfo
+from .results import ExecResult, FileEntry, OutputChunk, PortBinding, SandboxInfo, SnapshotInfo
 from .spec import SandboxSpec
 
 log = logging.getLogger(__name__)
@@ -78,8 +90,8 @@ class _Sandbox:
     died: str | None = None  # why its container stopped behind the manager's back
 
 
-class EnvManager(ProvisioningMixin):
-    """Use as ``async with EnvManager(DockerBackend()) as envs:``; closing destroys what it holds."""
+class EnvManager:
+    """Use as ``async with EnvManager(make_backend()) as envs:``; closing destroys what it holds."""
 
     def __init__(
         self,
@@ -91,6 +103,8 @@ class EnvManager(ProvisioningMixin):
     ) -> None:
         self.backend = backend
         self.config = config or ManagerConfig()
+        # The backend's optional capabilities, checked once: a call needing a missing one gets a typed error.
+        self.features = resolve_features(backend, self.config)
         self.events = events or EventBus()
         self.instance_id = secrets.token_hex(8)
         self.owner = OwnerIdentity.current()
@@ -104,17 +118,32 @@ class EnvManager(ProvisioningMixin):
         self._checking: asyncio.Task[list[str]] | None = None
         self.orphans_removed = 0  # containers the health check found nobody here holds, and removed
         self.orphan_report = ReconcileReport()  # the last health check's removals and failures
-        # Sandboxes never handed to a program (half-started, warm, prepared) whose removal failed:
-        # retried by the health check and by close(), never forgotten.
-        self._unremoved: set[str] = set()
         self._closed = False
         self._starting: set[asyncio.Future[None]] = set()  # acquires and forks in flight: close() waits
-        self._init_provisioning()
+        # Pools, preparations, templates, snapshot holds and disk accounting (provisioning.py); the manager
+        # keeps leases, operations and reclamation, and hands the provisioner only what it needs.
+        self.provisioner = Provisioner(
+            backend,
+            self.features,
+            self.config,
+            instance_id=self.instance_id,
+            labels=self.labels,
+            remove_container=self._remove_container,
+            storage_path=lambda: self._storage_path,
+            sandbox_programs=self._sandbox_programs,
+            clock=clock,
+        )
+        self._disk_limits = DiskLimitWatch(
+            lambda: self.provisioner.disk_usage(max_age_s=0),
+            self._sandbox_disk_limits,
+            self._stop_over_disk,
+            self.config.disk_check_interval_s,
+        )
 
     # ----------------------------------------------------------------- lifecycle of the manager
 
     async def start(self) -> ReconcileReport | None:
-        self._storage_path = await self.backend.storage_path()
+        self._storage_path = await self.features.disk.storage_path()
         report = await self.reconcile() if self.config.reconcile_on_start else None
         if self.config.idle_ttl_s is not None:
             self._reaper = asyncio.create_task(self._reap_forever(), name="thunder-env-reaper")
@@ -131,6 +160,7 @@ class EnvManager(ProvisioningMixin):
             await self._destroy_remaining()
             return
         self._closed = True
+        self.provisioner.stop_accepting()
         for task in (self._reaper, self._watcher):
             if task is not None:
                 task.cancel()
@@ -140,11 +170,13 @@ class EnvManager(ProvisioningMixin):
             if work is not None:
                 # A reap or health check in progress is removing containers: let it finish rather than leak them.
                 await asyncio.gather(work, return_exceptions=True)
-        for lease_owner in self._leases.programs():
-            for lease in self._leases.of_program(lease_owner):
-                self._leases.remove(lease, "manager closed")
+        closed = [lease for owner in self._leases.programs() for lease in self._leases.of_program(owner)]
+        for lease in closed:
+            self._leases.remove(lease, "manager closed")
         await asyncio.gather(*(self._destroy(sb) for sb in list(self._sandboxes.values())), return_exceptions=True)
-        await self._close_provisioning()
+        await self._announce(*self._released(closed))
+        await self._disk_limits.close()
+        await self.provisioner.close()
         if self._starting:
             # Acquires racing with close: each destroys what it started (see _adopt); wait for them.
             await asyncio.wait(set(self._starting))
@@ -159,7 +191,7 @@ class EnvManager(ProvisioningMixin):
                 sandbox.retry_task = None
         await asyncio.gather(*(self._destroy(sb) for sb in remaining), return_exceptions=True)
         await self._remove_unremoved()
-        left = sorted({sb.sandbox_id for sb in self._sandboxes.values()} | self._unremoved)
+        left = sorted({sb.sandbox_id for sb in self._sandboxes.values()} | self.provisioner.unremoved)
         if left:
             raise SandboxesNotDestroyedError(left, "the engine failed or did not answer")
 
@@ -185,7 +217,9 @@ class EnvManager(ProvisioningMixin):
 
     async def reconcile(self) -> ReconcileReport:
         """Remove what dead earlier managers of this namespace left behind (never a live one's)."""
-        return await reconcile_namespace(self.backend, self.config.namespace, self.instance_id)
+        return await reconcile_namespace(
+            self.backend, self.config.namespace, self.instance_id, self.features.host_agent
+        )
 
     # ----------------------------------------------------------------------- leases
 
@@ -194,11 +228,15 @@ class EnvManager(ProvisioningMixin):
         a warm one from the spec's pool, or a new one (from the spec's template if it has setup steps)."""
         _check_program_id(program_id)
         with self._starting_sandbox():
-            for sandbox in self._sandboxes.values():
-                if sandbox.state == "lingering" and sandbox.spec.key() == spec.key():
-                    return self._lease(program_id, sandbox)
-            handle, origin = await self._provision(program_id, spec)
-            return await self._adopt(program_id, spec, handle, origin)
+            key = spec.key()
+            lingering = [sb for sb in self._sandboxes.values() if sb.state == "lingering" and sb.spec.key() == key]
+            if lingering:
+                lease = self._lease(program_id, lingering[0])
+            else:
+                handle, origin = await self.provisioner.provision(program_id, spec)
+                lease = await self._adopt(program_id, spec, handle, origin)
+        (lease,) = await self._handed_out([lease], spec, "acquire")
+        return lease
 
     @contextlib.contextmanager
     def _starting_sandbox(self) -> Iterator[None]:
@@ -228,6 +266,8 @@ class EnvManager(ProvisioningMixin):
                 raise ManagerClosedError()
             for port in spec.ports:
                 await self._open_port(sandbox, port)
+            if disk_limit(spec, self.config.sandbox_disk_limit_bytes) is not None and not self._limits_disk():
+                self._disk_limits.start()  # the driver cannot limit it: measure it
             return self._lease(program_id, sandbox)
         except BaseException:
             await asyncio.shield(self._destroy(sandbox))
@@ -236,7 +276,9 @@ class EnvManager(ProvisioningMixin):
     async def share(self, program_id: str, sandbox_id: str) -> Lease:
         """Another lease on an existing sandbox: it lives until its last lease is released."""
         _check_program_id(program_id)
-        return self._lease(program_id, self._live(sandbox_id))
+        sandbox = self._live(sandbox_id)
+        (lease,) = await self._handed_out([self._lease(program_id, sandbox)], sandbox.spec, "share")
+        return lease
 
     async def release(self, lease: Lease) -> None:
         """Drop one reference; the sandbox goes with its last lease (after the linger time, if any)."""
@@ -244,13 +286,17 @@ class EnvManager(ProvisioningMixin):
             return
         remaining = self._leases.remove(lease, "released")
         sandbox = self._sandboxes.get(lease.sandbox_id)
-        if sandbox is not None and remaining == 0:
-            await self._last_lease_gone(sandbox)
+        try:
+            if sandbox is not None and remaining == 0:
+                await self._last_lease_gone(sandbox)
+        finally:
+            await self._announce(*self._released([lease]))
 
     async def end_program(self, program_id: str) -> int:
         """Drop every lease of a program; returns how many sandboxes were destroyed as a result."""
         orphaned: list[_Sandbox] = []
-        for lease in self._leases.of_program(program_id):
+        leases = self._leases.of_program(program_id)
+        for lease in leases:
             if self._leases.remove(lease, f"program {program_id} ended") == 0:
                 sandbox = self._sandboxes.get(lease.sandbox_id)
                 if sandbox is not None:
@@ -258,8 +304,12 @@ class EnvManager(ProvisioningMixin):
         try:
             await asyncio.gather(*(self._last_lease_gone(sb) for sb in orphaned))
         finally:
-            # The program's snapshot holds go whatever became of its sandboxes (a failed removal is retried).
-            await self._provisioning_end_program(program_id)
+            try:
+                # The program's snapshot holds go whatever became of its sandboxes (a failed removal is retried).
+                await self.provisioner.end_program(program_id)
+            finally:
+                ended = ProgramEnded(program_id, len(leases), self.events.clock())
+                await self._announce(*self._released(leases), ended)
         return sum(1 for sb in orphaned if sb.sandbox_id not in self._sandboxes)
 
     def leases_of(self, program_id: str) -> list[Lease]:
@@ -389,7 +439,95 @@ class EnvManager(ProvisioningMixin):
         sandbox = self._checked(lease)
         return (await self._open_port(sandbox, container_port)).binding
 
+    # ------------------------------------------------------------ snapshots, forks, disk limits
+
+    async def snapshot(self, lease: Lease) -> SnapshotInfo:
+        """Capture the sandbox's filesystem as a new layer on its image's layers, held by the lease's program
+        until the program ends or calls ``provisioner.release_snapshot``. Refused while over the disk budget."""
+        sandbox = self._checked(lease)
+        await self.provisioner.snapshot_room()
+        async with self._tool_call(lease, sandbox, "snapshot"):
+            return await self.provisioner.commit_snapshot(sandbox.sandbox_id, sandbox.spec, lease.program_id)
+
+    async def fork(self, program_id: str, snapshot_id: str, n: int = 1) -> list[Lease]:
+        """Start ``n`` sandboxes from a snapshot, each on its own copy-on-write layer; all or none."""
+        with self._starting_sandbox():
+            async with self.provisioner.forks(program_id, snapshot_id, n) as (spec, handles):
+                leases = await self._adopt_all(program_id, spec, handles)
+        return await self._handed_out(leases, spec, "fork")
+
+    async def check_disk_limits(self) -> list[str]:
+        """Stop the sandboxes whose writable layer passed their disk limit (also done every
+        ``disk_check_interval_s`` where the storage driver does not enforce it); returns their ids."""
+        return [overrun.sandbox_id for overrun in await self._disk_limits.check()]
+
+    async def _adopt_all(self, program_id: str, spec: SandboxSpec, handles: list[BackendSandbox]) -> list[Lease]:
+        leases: list[Lease] = []
+        try:
+            for handle in handles:
+                leases.append(await self._adopt(program_id, spec, handle, "fork"))
+        except BaseException:
+            adopted = {lease.sandbox_id for lease in leases}
+            rest = [h for h in handles if h.sandbox_id not in adopted and h.sandbox_id not in self._sandboxes]
+            cleanup = [self._destroy(self._sandboxes[sid]) for sid in adopted if sid in self._sandboxes]
+            cleanup += [self.provisioner.discard(h.sandbox_id) for h in rest]
+            await asyncio.shield(asyncio.gather(*cleanup, return_exceptions=True))
+            raise
+        return leases
+
+    def _limits_disk(self) -> bool:
+        return self.features.disk.enforces_disk_limit is True
+
+    def _sandbox_disk_limits(self) -> dict[str, int]:
+        """Adopted sandboxes only: warm and prepared ones run no program's commands yet."""
+        limits: dict[str, int] = {}
+        for sandbox_id, sandbox in self._sandboxes.items():
+            limit = disk_limit(sandbox.spec, self.config.sandbox_disk_limit_bytes)
+            if limit is not None and sandbox.state != "destroying":
+                limits[sandbox_id] = limit
+        return limits
+
+    async def _stop_over_disk(self, overrun: DiskOverrun) -> None:
+        sandbox = self._sandboxes.get(overrun.sandbox_id)
+        if sandbox is None or sandbox.state == "destroying":
+            return
+        # The reason reaches the program: every later call on its lease raises LeaseReleasedError with it.
+        leases = self._leases.of_sandbox(overrun.sandbox_id)
+        for lease in leases:
+            self._leases.remove(lease, overrun.reason)
+        try:
+            await self._destroy(sandbox)
+        finally:
+            await self._announce(*self._released(leases))
+
+    def _sandbox_programs(self) -> dict[str, list[str]]:
+        return {sid: [lease.program_id for lease in self._leases.of_sandbox(sid)] for sid in self._sandboxes}
+
     # -------------------------------------------------------------------- internals
+
+    async def _handed_out(
+        self, leases: list[Lease], spec: SandboxSpec, via: Literal["acquire", "share", "fork"]
+    ) -> list[Lease]:
+        """Tell lifecycle listeners about new leases. Cancelled meanwhile, the caller never gets them: they
+        are released (not left to the program's end)."""
+        now = self.events.clock()
+        events = [SandboxAcquired(ls.program_id, ls.sandbox_id, ls.lease_id, spec, via, now) for ls in leases]
+        try:
+            await self._announce(*events)
+        except asyncio.CancelledError:
+            await asyncio.shield(asyncio.gather(*(self.release(lease) for lease in leases)))
+            raise
+        return leases
+
+    def _released(self, leases: Sequence[Lease]) -> list[SandboxReleased]:
+        now = self.events.clock()
+        return [SandboxReleased(ls.program_id, ls.sandbox_id, ls.lease_id, ls.release_reason, now) for ls in leases]
+
+    async def _announce(self, *events: LifecycleEvent) -> None:
+        """Lifecycle events to listeners (a failing listener is logged by the bus); shielded, so a cancelled
+        caller does not cut the others short."""
+        if events:
+            await asyncio.shield(self.events.emit_lifecycle(*events))
 
     def _lease(self, program_id: str, sandbox: _Sandbox) -> Lease:
         if sandbox.state == "lingering":
@@ -543,10 +681,9 @@ class EnvManager(ProvisioningMixin):
             self._destroy_failed(sandbox, str(exc))
             return
         self._sandboxes.pop(sandbox.sandbox_id, None)
-        self._in_hand.discard(sandbox.sandbox_id)
         sandbox.gone.set()
         # Only once the container is gone: the engine keeps a snapshot's image while a container uses it.
-        await self._provisioning_sandbox_gone(sandbox.sandbox_id)
+        await self.provisioner.sandbox_gone(sandbox.sandbox_id)
 
     async def _remove_container(self, sandbox_id: str) -> None:
         try:
@@ -562,14 +699,7 @@ class EnvManager(ProvisioningMixin):
         """Retry the removals that failed outside a tracked sandbox: half-started sandboxes, images of
         failed snapshots, and what the backend made beside sandboxes (a program's network). Kept and
         logged while they fail."""
-        for sandbox_id in sorted(self._unremoved):
-            try:
-                await self._remove_container(sandbox_id)  # by sandbox id: its host directory goes too
-            except Exception as exc:  # kept: the next health check or close() tries again
-                log.warning("sandbox %s could not be removed again: %s", sandbox_id, exc)
-                continue
-            self._unremoved.discard(sandbox_id)
-        await self._snapshots.retry_orphans()
+        await self.provisioner.retry_removals()
         try:
             async with asyncio.timeout(self.config.engine_timeout_s):
                 left = await self.backend.retry_removals()
@@ -608,11 +738,14 @@ class EnvManager(ProvisioningMixin):
         for lease in leases:
             self._leases.remove(lease, f"sandbox died: {reason}")
         log.warning("sandbox %s died (%s); its %d lease(s) are revoked", sandbox.sandbox_id, reason, len(leases))
-        for program_id in sorted({lease.program_id for lease in leases}):
-            await self.events.emit_sandbox(
-                SandboxEvent("sandbox_dead", program_id, sandbox.sandbox_id, reason, self.events.clock())
-            )
-        await self._destroy(sandbox)
+        try:
+            for program_id in sorted({lease.program_id for lease in leases}):
+                await self.events.emit_sandbox(
+                    SandboxEvent("sandbox_dead", program_id, sandbox.sandbox_id, reason, self.events.clock())
+                )
+            await self._destroy(sandbox)
+        finally:
+            await self._announce(*self._released(leases))
 
     async def _watch_forever(self) -> None:
         assert self.config.health_interval_s is not None
@@ -642,7 +775,7 @@ class EnvManager(ProvisioningMixin):
                 f"the container engine did not list containers within {self.config.engine_timeout_s:g} s"
             ) from exc
         containers = {r.labels.get("thunder.sandbox", ""): r for r in found if r.kind == "container"}
-        retried = set(self._unremoved)
+        retried = set(self.provisioner.unremoved)
         await self._remove_unremoved()  # first: what failed to go is retried by its own path
         self.orphan_report = await self._remove_orphans(containers, retried)
         dead: list[_Sandbox] = []
@@ -665,11 +798,9 @@ class EnvManager(ProvisioningMixin):
         report = ReconcileReport()
         for sandbox_id, container in containers.items():
             # Judged now, not when the list was taken: no await between this test and the removal.
-            if not sandbox_id or sandbox_id in self._sandboxes or sandbox_id in self._in_hand:
-                continue
-            if sandbox_id in retried or sandbox_id in self._unremoved:  # _remove_unremoved's to retry
-                continue
-            if sandbox_id in self._templates.build_ids:
+            if not sandbox_id or sandbox_id in self._sandboxes or sandbox_id in retried:
+                continue  # retried: _remove_unremoved's to retry
+            if self.provisioner.answers_for(sandbox_id):  # starting, warm, prepared, building a template
                 continue
             log.warning("container %s of sandbox %s is this manager's but nothing here holds it: removing it",
                         container.resource_id[:12], sandbox_id)
@@ -704,11 +835,16 @@ class EnvManager(ProvisioningMixin):
             sb for sb in self._sandboxes.values()
             if sb.state == "ready" and sb.busy == 0 and now - sb.last_used_at > ttl
         ]
+        reclaimed: list[Lease] = []
         for sandbox in idle:
             for lease in self._leases.of_sandbox(sandbox.sandbox_id):
                 self._leases.remove(lease, f"reclaimed after {ttl:g} s idle")
+                reclaimed.append(lease)
             log.info("reclaiming idle sandbox %s", sandbox.sandbox_id)
-        await asyncio.gather(*(self._destroy(sb) for sb in idle), return_exceptions=True)
+        try:
+            await asyncio.gather(*(self._destroy(sb) for sb in idle), return_exceptions=True)
+        finally:
+            await self._announce(*self._released(reclaimed))
         return [sb.sandbox_id for sb in idle]
 
     def _info(self, sandbox: _Sandbox) -> SandboxInfo:
@@ -733,5 +869,3 @@ class _Outcome:
 
 def _death_reason(exc: Exception) -> str:
     return "its container is gone" if isinstance(exc, SandboxNotFoundError) else "its container is not running"
-
-

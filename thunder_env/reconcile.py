@@ -18,7 +18,7 @@ import psutil
 
 from thunder_common.procfs import stat_fields
 
-from .backend import ManagedResource, SandboxLifecycle
+from .backend import HostLocalAgent, ManagedResource, SandboxLifecycle
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,11 @@ class ReconcileReport:
         return sum(1 for r in self.removed if r.kind == "image")
 
 
-async def reconcile_namespace(backend: SandboxLifecycle, namespace: str, own_instance: str) -> ReconcileReport:
+async def reconcile_namespace(
+    backend: SandboxLifecycle, namespace: str, own_instance: str, host_agent: HostLocalAgent | None = None
+) -> ReconcileReport:
+    """Remove what dead managers of ``namespace`` left: labelled resources, and with ``host_agent`` (a
+    backend keeping per-sandbox state on this host) the host directories of sandboxes that are gone."""
     report = ReconcileReport()
     found = await backend.list_managed({"thunder.managed": "1", "thunder.namespace": namespace})
     # Containers before images: an image cannot go while a container still uses it.
@@ -138,10 +142,12 @@ async def reconcile_namespace(backend: SandboxLifecycle, namespace: str, own_ins
             report.failed.append((resource, str(exc)))
             continue
         report.removed.append(resource)
+    if host_agent is None:
+        return report
     gone = {r.resource_id for r in report.removed}
     live = {r.labels.get("thunder.sandbox", "") for r in found if r.kind == "container" and r.resource_id not in gone}
     try:
-        report.removed_dirs = await backend.remove_orphan_dirs(namespace, live)
+        report.removed_dirs = await host_agent.remove_orphan_dirs(namespace, live)
     except Exception as exc:
         log.warning("reconcile: could not remove orphaned host directories: %s", exc)
         report.failed.append((None, f"host directories: {exc}"))

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .backend import SnapshotBackend
+from .backend import SnapshotSupport
 from .errors import BackendError, EnvError, ResourceExhaustedError
 from .results import SnapshotInfo
 from .spec import SandboxSpec
@@ -118,7 +118,7 @@ def plan_gc(candidates: Iterable[GcCandidate], used_bytes: int, budget_bytes: in
 class SnapshotStore:
     """The snapshots one manager took, their holders, and their removal through the backend."""
 
-    def __init__(self, backend: SnapshotBackend, labels: LabelFactory, clock: Callable[[], float]) -> None:
+    def __init__(self, backend: SnapshotSupport, labels: LabelFactory, clock: Callable[[], float]) -> None:
         self._backend = backend
         self._labels = labels
         self._clock = clock

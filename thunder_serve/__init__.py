@@ -12,7 +12,7 @@ from thunder_common.serving import serving  # re-exported: how the product serve
 from .app import CombinedServer, build_combined, open_combined
 from .config import CombinedConfig
 from .errors import AdapterError, CombinedError, DemoError, StatusUnavailableError
-from .link import LinkedProgramRegistry, ProgramLink
+from .link import ProgramLink
 from .status import StatusReport
 
 __all__ = [
@@ -21,7 +21,6 @@ __all__ = [
     "CombinedError",
     "CombinedServer",
     "DemoError",
-    "LinkedProgramRegistry",
     "ProgramLink",
     "StatusReport",
     "StatusUnavailableError",

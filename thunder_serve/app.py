@@ -1,6 +1,6 @@
 """The combined server: scheduler, MCP server and one env manager in one ASGI app, on one event loop.
 
-    async with open_combined(config) as combined:      # Docker backend + started env manager
+    async with open_combined(config) as combined:      # config.sandbox_backend + started env manager
         ...serve combined.app (uvicorn runs its lifespan: scheduler client and loops, MCP sessions)
 
 Routes: `/v1/*`, `/health`, `/programs*` (the scheduler's app), `/p/{program_id}/v1/*` (the same, program
@@ -32,16 +32,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_server import HttpConfig, ThunderServer, build_server, create_http_app, http_lifespan
+from mcp_server import HttpConfig, ProgramRegistry, ThunderServer, build_server, create_http_app, http_lifespan
 from thunder_common.asgi import send_json
+from thunder_env import EnvManager
 from thunder_env.backend import SandboxBackend
-from thunder_env.docker import DockerBackend
+from thunder_env.backend_factory import make_backend
 from thunder_sched.app import create_app, get_scheduler
 from thunder_sched.scheduler import Scheduler
 
 from .config import CombinedConfig
-from .envs import CombinedEnvManager
-from .link import LinkedProgramRegistry, ProgramLink
+from .link import ProgramLink
 from .metrics import combined_registry
 from .routing import PROGRAM_API_PATH, ProgramScopedApi
 from .status import StatusReport, build_status
@@ -55,8 +55,8 @@ PROGRAMS_PATH = "/programs"
 class CombinedServer:
     config: CombinedConfig
     scheduler: Scheduler
-    manager: CombinedEnvManager
-    registry: LinkedProgramRegistry
+    manager: EnvManager
+    registry: ProgramRegistry
     mcp: ThunderServer
     link: ProgramLink
     app: Starlette
@@ -69,7 +69,7 @@ class CombinedServer:
 
 
 def build_combined(
-    config: CombinedConfig, manager: CombinedEnvManager, *, transport: httpx.AsyncBaseTransport | None = None
+    config: CombinedConfig, manager: EnvManager, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> CombinedServer:
     """Wire the components around a started manager. `transport` (tests) replaces the scheduler's network."""
 
@@ -82,7 +82,8 @@ def build_combined(
         scheduler, manager, prepare_on_restore=config.prepare_on_restore, prepare_ahead=config.prepare_ahead
     )
     manager.add_listener(scheduler.on_tool_event)  # tool events flow in-process to the scheduler
-    registry = LinkedProgramRegistry(manager, config.server, link)
+    # Programs the scheduler tracks are left to its inactivity timer (it sees their LLM requests and tool events).
+    registry = ProgramRegistry(manager, config.server, idle_guard=link.live_in_scheduler)
     link.attach(registry)
     mcp = build_server(manager, config.server, programs=registry)
     mcp_app = create_http_app(mcp, config.http)
@@ -215,13 +216,13 @@ async def open_combined(
     backend: SandboxBackend | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[CombinedServer]:
-    """A started env manager on `backend` (default: a new local `DockerBackend`, closed on exit) and the
+    """A started env manager on `backend` (default: a new one from `config.sandbox_backend`, closed on exit) and the
     combined app around it. Serve `app` while inside; on exit every sandbox of the manager is destroyed."""
     own_backend = backend is None
     if backend is None:
-        backend = DockerBackend()  # made here, on the running loop (its HTTP session needs one)
+        backend = make_backend(config.sandbox_backend)  # made here, on the running loop (its HTTP session needs one)
     try:
-        manager = CombinedEnvManager(backend, config.manager)
+        manager = EnvManager(backend, config.manager)
         await manager.start()
         try:
             yield build_combined(config, manager, transport=transport)

@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mcp_server import HttpConfig, ServerConfig
 from thunder_env import ManagerConfig
+from thunder_env.backend_config import BackendConfig, DockerBackendConfig
 from thunder_sched.config import SchedulerConfig
 
 DEFAULT_PORT = 8400
@@ -20,6 +21,8 @@ class CombinedConfig(BaseModel):
     http: HttpConfig
     manager: ManagerConfig = Field(default_factory=lambda: ManagerConfig(namespace=DEFAULT_NAMESPACE))
     server: ServerConfig = Field(default_factory=ServerConfig)
+    # The sandboxes' engine (a tagged union on `kind`: Docker today).
+    sandbox_backend: BackendConfig = Field(default_factory=DockerBackendConfig)
     # Prepare a paused program's environment (the spec it last acquired) ahead of its restore: while it waits
     # at the head of the waiting queue (the first `prepare_ahead` programs, checked every `queue_check_s`),
     # and at the latest when it is restored.

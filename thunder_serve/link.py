@@ -7,24 +7,27 @@
 - a paused program at the head of the waiting queue (checked periodically) or about to be restored gets its
   environment prepared (the spec it last acquired) while it waits and while its held LLM request runs, so
   its next `sandbox_create` finds a started sandbox.
+
+It composes, never subclasses: it learns the spec each program last acquired from the env manager's lifecycle
+events (`EnvMemory`), hears ends through the registry's end listener and the scheduler's `on_program_end`, keeps
+the registry's idle reaper off programs the scheduler tracks (`live_in_scheduler` as the registry's
+`idle_guard`), and asks the scheduler for the restore order (`Scheduler.restore_queue`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from mcp_server import ProgramRegistry, ServerConfig
-from thunder_env import ThunderError
+from mcp_server import ProgramRegistry
+from thunder_env import EnvManager, ThunderError
 from thunder_sched.errors import ProgramNotFoundError
 from thunder_sched.policy import Status
 from thunder_sched.scheduler import Scheduler
 
-from .envs import SPEC_MEMORY, CombinedEnvManager
+from .envs import SPEC_MEMORY, EnvMemory
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +44,14 @@ class ProgramLink:
     def __init__(
         self,
         scheduler: Scheduler,
-        manager: CombinedEnvManager,
+        manager: EnvManager,
         *,
         prepare_on_restore: bool = True,
         prepare_ahead: int = 1,
     ) -> None:
         self.scheduler = scheduler
         self.manager = manager
+        self.envs = EnvMemory(manager)  # listens to the manager's lifecycle events until close()
         self.prepare_on_restore = prepare_on_restore
         self.prepare_ahead = prepare_ahead  # programs at the head of the waiting queue prepared while they wait
         self.stats = LinkStats()
@@ -119,7 +123,7 @@ class ProgramLink:
 
     def prepare_queue_head(self) -> list[str]:
         """Prepare the environments of the next programs the scheduler will restore; returns their ids."""
-        head = queue_head(self.scheduler, self.prepare_ahead)
+        head = self.scheduler.restore_queue(self.prepare_ahead)
         for program_id in head:
             self._maybe_prepare(program_id)
         return head
@@ -133,17 +137,25 @@ class ProgramLink:
                 log.exception("preparing the head of the waiting queue failed")
             await asyncio.sleep(period_s)
 
+    def _ending(self, program_id: str) -> bool:
+        """Its environment side has ended or is ending (the registry's end is under way)."""
+        if program_id in self._env_ended:
+            return True
+        return self._registry is not None and (
+            self._registry.is_ending(program_id) or self._registry.has_ended(program_id)
+        )
+
     def _maybe_prepare(self, program_id: str) -> None:
-        if not self.prepare_on_restore or self._closed or program_id in self._env_ended:
+        if not self.prepare_on_restore or self._closed or self._ending(program_id):
             return
-        last = self.manager.last_acquire(program_id)
+        last = self.envs.last_acquire(program_id)
         if last is None:
             self.stats.prepares_skipped += 1  # it never acquired an environment: nothing to prepare
             return
         spec, number = last
         if self._prepared.get(program_id) == number:
             return  # already prepared since its last acquire
-        if self.manager.holds_spec(program_id, spec):
+        if self.envs.holds_spec(program_id, spec):
             self.stats.prepares_skipped += 1  # it still holds such a sandbox
             return
         self._prepared[program_id] = number
@@ -156,11 +168,11 @@ class ProgramLink:
     async def _prepare(self, program_id: str, number: int) -> None:
         # Checked again: the program may have ended or acquired since. No await until prepare() hands the
         # work to the manager, so an end cannot slip in between (its end_program would reclaim it anyway).
-        last = self.manager.last_acquire(program_id)
-        if last is None or last[1] != number or program_id in self._env_ended or self._closed:
+        last = self.envs.last_acquire(program_id)
+        if last is None or last[1] != number or self._ending(program_id) or self._closed:
             return
         try:
-            await self.manager.prepare(program_id, last[0])
+            await self.manager.provisioner.prepare(program_id, last[0])
             self.stats.prepares += 1
         except ThunderError as exc:
             log.warning("could not prepare the environment of program %s ahead of its restore: %s", program_id, exc)
@@ -168,36 +180,7 @@ class ProgramLink:
     async def close(self) -> None:
         """Stop reacting; preparations under way finish (the manager reclaims them when it closes)."""
         self._closed = True
+        self.envs.close()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-
-def queue_head(scheduler: Scheduler, count: int) -> list[str]:
-    """The `count` paused programs the policy will restore first, in the policy's own order."""
-    return scheduler.restore_queue(count)
-
-
-class LinkedProgramRegistry(ProgramRegistry):
-    """The MCP program registry of the combined server: programs the scheduler tracks are left to its inactivity
-    timer (it sees both their LLM requests and tool events). Ends reach the link through the registry's end
-    listener (`ProgramLink.attach`)."""
-
-    def __init__(
-        self,
-        manager: CombinedEnvManager,
-        config: ServerConfig,
-        link: ProgramLink,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(manager, config, clock=clock)
-        self._link = link
-        self._now = clock
-
-    async def reap_idle(self) -> list[str]:
-        now = self._now()
-        for program_id in self.programs():
-            state = self.get(program_id)
-            if state is not None and self._link.live_in_scheduler(program_id):
-                state.last_active = now  # the scheduler's inactivity timeout decides for this one
-        return await super().reap_idle()

@@ -9,15 +9,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from mcp_server import ProgramRegistry
+from thunder_env import EnvManager
 from thunder_sched.metrics import make_registry
 from thunder_sched.scheduler import Scheduler
 
-from .envs import CombinedEnvManager
 from .link import ProgramLink
 
 
 class EnvCollector(Collector):
-    def __init__(self, manager: CombinedEnvManager, registry: ProgramRegistry, link: ProgramLink) -> None:
+    def __init__(self, manager: EnvManager, registry: ProgramRegistry, link: ProgramLink) -> None:
         self._manager = manager
         self._registry = registry
         self._link = link
@@ -28,7 +28,7 @@ class EnvCollector(Collector):
         yield GaugeMetricFamily(
             "thunder_mcp_programs", "Programs with state in the MCP server", value=len(self._registry.programs())
         )
-        prepared = self._manager.preparation_stats()
+        prepared = self._manager.provisioner.preparation_stats()
         family = CounterMetricFamily(
             "thunder_env_prepared", "Environments prepared ahead of use, by outcome", labels=["outcome"]
         )
@@ -51,7 +51,7 @@ class EnvCollector(Collector):
 
 
 def combined_registry(
-    scheduler: Scheduler, manager: CombinedEnvManager, registry: ProgramRegistry, link: ProgramLink
+    scheduler: Scheduler, manager: EnvManager, registry: ProgramRegistry, link: ProgramLink
 ) -> CollectorRegistry:
     metrics = make_registry(scheduler)
     metrics.register(EnvCollector(manager, registry, link))

@@ -13,9 +13,9 @@ import time
 from pydantic import BaseModel
 
 from mcp_server import ProgramRegistry
+from thunder_env import EnvManager
 from thunder_sched.scheduler import Scheduler
 
-from .envs import CombinedEnvManager
 from .link import ProgramLink
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class StatusReport(BaseModel):
 
 async def build_status(
     scheduler: Scheduler,
-    manager: CombinedEnvManager,
+    manager: EnvManager,
     registry: ProgramRegistry,
     link: ProgramLink,
     *,
@@ -124,7 +124,7 @@ async def build_status(
                 mcp=program_id in in_mcp,
             )
         )
-    prepared = dataclasses.asdict(manager.preparation_stats())
+    prepared = dataclasses.asdict(manager.provisioner.preparation_stats())
     stats = scheduler.stats
     return StatusReport(
         uptime_s=round(time.monotonic() - started_at, 3),
@@ -159,23 +159,23 @@ async def build_status(
             programs=len(ids),
             sandboxes=len(sandboxes),
             containers=containers,
-            snapshots=sum(1 for s in manager.snapshots() if s.kind != "template"),
+            snapshots=sum(1 for s in manager.provisioner.snapshots() if s.kind != "template"),
             ports=sum(len(s.ports) for s in sandboxes),
         ),
         programs=programs,
     )
 
 
-async def _containers(manager: CombinedEnvManager) -> int:
+async def _containers(manager: EnvManager) -> int:
     found = await manager.backend.list_managed(
         {"thunder.namespace": manager.config.namespace, "thunder.instance": manager.instance_id}
     )
     return sum(1 for resource in found if resource.kind == "container")
 
 
-async def _disk_by_program(manager: CombinedEnvManager) -> dict[str, int] | None:
+async def _disk_by_program(manager: EnvManager) -> dict[str, int] | None:
     try:
-        report = await asyncio.wait_for(manager.disk_usage(), DISK_TIMEOUT_S)
+        report = await asyncio.wait_for(manager.provisioner.disk_usage(), DISK_TIMEOUT_S)
     except (TimeoutError, Exception) as exc:  # sizes are informative: the rest of the status still matters
         log.warning("disk usage unavailable for the status: %r", exc)
         return None

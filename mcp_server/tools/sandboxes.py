@@ -357,7 +357,7 @@ async def _fork(deps: Deps, state: ProgramState, snapshot_id: str, count: int) -
 async def _snapshot(deps: Deps, state: ProgramState, sandbox_id: str) -> SnapshotInfo:
     info = await deps.manager.snapshot(deps.programs.lease(state, sandbox_id))
     if state.ended:  # the program's end already dropped its holds: this one would never be
-        await deps.programs.protect(deps.manager.release_snapshot(state.program_id, info.snapshot_id))
+        await deps.programs.protect(deps.manager.provisioner.release_snapshot(state.program_id, info.snapshot_id))
         raise ProgramRetiredError(state.program_id, "it ended while the snapshot was being taken")
     return info
 
@@ -365,7 +365,8 @@ async def _snapshot(deps: Deps, state: ProgramState, sandbox_id: str) -> Snapsho
 def _holds_snapshot(deps: Deps, state: ProgramState, snapshot_id: str) -> bool:
     """A program forks the snapshots it holds: those it took, and those held for it (hold_snapshot)."""
     holder = f"program:{state.program_id}"
-    return any(info.snapshot_id == snapshot_id and holder in info.holders for info in deps.manager.snapshots())
+    snapshots = deps.manager.provisioner.snapshots()
+    return any(info.snapshot_id == snapshot_id and holder in info.holders for info in snapshots)
 
 
 async def _adopt(deps: Deps, state: ProgramState, leases: list[Lease]) -> list[Lease]:

@@ -80,7 +80,7 @@ async def test_end_program_drops_snapshot_holds_even_when_a_destroy_fails(
     await manager.snapshot(lease)
     faults.fail("destroy", BackendError("Docker Engine error 500: driver failed"), times=1)
     await manager.end_program("p")
-    assert manager.snapshots() == []  # the program's hold went, and with it the snapshot
+    assert manager.provisioner.snapshots() == []  # the program's hold went, and with it the snapshot
     await eventually(lambda: _true(not manager.sandboxes()), what="the retried destroy")
 
 
@@ -265,8 +265,8 @@ async def test_a_container_of_this_manager_that_nothing_holds_is_found_and_remov
     live = await manager.acquire("p", base_spec)
     snapshot = await manager.snapshot(live)
     pool_spec = SandboxSpec(**{**base_spec.model_dump(), "env": {"ROLE": "pool"}})
-    await manager.configure_pool(pool_spec, min_size=1, max_size=1)
-    await manager.wait_for_pool(pool_spec, at_least=1)
+    await manager.provisioner.configure_pool(pool_spec, min_size=1, max_size=1)
+    await manager.provisioner.wait_for_pool(pool_spec, at_least=1)
     [warm] = await containers_labelled(backend, thunder__instance=manager.instance_id, thunder__program="pool")
     # A create whose container exists but whose answer has not reached the manager yet.
     slow_spec = SandboxSpec(**{**base_spec.model_dump(), "env": {"ROLE": "slow"}})
@@ -294,8 +294,8 @@ async def test_a_container_of_this_manager_that_nothing_holds_is_found_and_remov
     assert slow_lease.sandbox_id == slow
     assert (await manager.exec(slow_lease, "echo $ROLE")).stdout.text.strip() == "slow"
     assert (await manager.exec(live, "true")).exit_code == 0
-    assert (await manager.wait_for_pool(pool_spec, at_least=1)).warm == 1
-    assert [s.snapshot_id for s in manager.snapshots()] == [snapshot.snapshot_id]
+    assert (await manager.provisioner.wait_for_pool(pool_spec, at_least=1)).warm == 1
+    assert [s.snapshot_id for s in manager.provisioner.snapshots()] == [snapshot.snapshot_id]
 
 
 async def test_a_lost_create_whose_cleanup_failed_is_removed_by_the_health_check(

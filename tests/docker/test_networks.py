@@ -61,12 +61,12 @@ async def test_programs_do_not_reach_each_other(manager: EnvManager, backend: Do
 async def test_warm_sandboxes_reach_no_other_sandbox(manager: EnvManager, backend: DockerBackend) -> None:
     """Warm pool sandboxes (and template builds) belong to no program when they start: they share one
     network with inter-container traffic off. The host still reaches them (port_expose)."""
-    await manager.configure_pool(SPEC, min_size=2, max_size=2)
-    await manager.wait_for_pool(SPEC, at_least=2, timeout_s=60)
+    await manager.provisioner.configure_pool(SPEC, min_size=2, max_size=2)
+    await manager.provisioner.wait_for_pool(SPEC, at_least=2, timeout_s=60)
     first = await manager.acquire("prog-a", SPEC)
     second = await manager.acquire("prog-b", SPEC)
     assert manager.sandbox_info(first).origin == manager.sandbox_info(second).origin == "warm"
-    await manager.configure_pool(SPEC, min_size=0, max_size=0)
+    await manager.provisioner.configure_pool(SPEC, min_size=0, max_size=0)
     await manager.write_file(first, "/www/index.html", b"secret of program a")
     httpd = start_background(manager, first, "httpd -f -p 8080 -h /www")
     binding = await manager.expose_port(first, 8080)

@@ -21,8 +21,8 @@ async def warm_ids(backend: DockerBackend, manager: EnvManager) -> list[str]:
 async def test_concurrent_acquires_get_distinct_sandboxes(
     manager: EnvManager, backend: DockerBackend, base_spec: SandboxSpec
 ) -> None:
-    await manager.configure_pool(base_spec, min_size=20, max_size=20)
-    await manager.wait_for_pool(base_spec, timeout_s=120)
+    await manager.provisioner.configure_pool(base_spec, min_size=20, max_size=20)
+    await manager.provisioner.wait_for_pool(base_spec, timeout_s=120)
     warm_before = set(await warm_ids(backend, manager))
     assert len(warm_before) == 20
 
@@ -34,13 +34,13 @@ async def test_concurrent_acquires_get_distinct_sandboxes(
     assert {lease.sandbox_id for lease in leases if manager.sandbox_info(lease).origin == "warm"} == warm_before
     running = await asyncio.gather(*(backend.is_running(sandbox_id) for sandbox_id in ids))
     assert all(running)
-    (pool,) = manager.pools()
+    (pool,) = manager.provisioner.pools()
     assert (pool.hits, pool.misses) == (20, 30)
 
 
 async def test_empty_pool_falls_back_to_a_cold_start(manager: EnvManager, base_spec: SandboxSpec) -> None:
-    await manager.configure_pool(base_spec, min_size=1, max_size=1)
-    await manager.wait_for_pool(base_spec, timeout_s=60)
+    await manager.provisioner.configure_pool(base_spec, min_size=1, max_size=1)
+    await manager.provisioner.wait_for_pool(base_spec, timeout_s=60)
     leases = await asyncio.gather(*(manager.acquire("p", base_spec) for _ in range(3)))
     assert sorted(manager.sandbox_info(lease).origin for lease in leases) == ["cold", "cold", "warm"]
     for lease in leases:
@@ -48,11 +48,11 @@ async def test_empty_pool_falls_back_to_a_cold_start(manager: EnvManager, base_s
 
 
 async def test_pool_refills_after_use(manager: EnvManager, backend: DockerBackend, base_spec: SandboxSpec) -> None:
-    await manager.configure_pool(base_spec, min_size=2, max_size=2)
-    await manager.wait_for_pool(base_spec, timeout_s=60)
+    await manager.provisioner.configure_pool(base_spec, min_size=2, max_size=2)
+    await manager.provisioner.wait_for_pool(base_spec, timeout_s=60)
     taken = [await manager.acquire("p", base_spec) for _ in range(2)]
     assert {manager.sandbox_info(lease).origin for lease in taken} == {"warm"}
-    info = await manager.wait_for_pool(base_spec, at_least=2, timeout_s=60)
+    info = await manager.provisioner.wait_for_pool(base_spec, at_least=2, timeout_s=60)
     assert info.warm == 2
     refilled = set(await warm_ids(backend, manager)) - {lease.sandbox_id for lease in taken}
     assert len(refilled) == 2  # new warm sandboxes, not the handed-out ones
@@ -63,8 +63,8 @@ async def test_pool_refills_after_use(manager: EnvManager, backend: DockerBacken
 async def test_dead_warm_sandbox_is_not_handed_out(
     manager: EnvManager, backend: DockerBackend, base_spec: SandboxSpec
 ) -> None:
-    await manager.configure_pool(base_spec, min_size=2, max_size=2)
-    await manager.wait_for_pool(base_spec, timeout_s=60)
+    await manager.provisioner.configure_pool(base_spec, min_size=2, max_size=2)
+    await manager.provisioner.wait_for_pool(base_spec, timeout_s=60)
     killed = await warm_ids(backend, manager)
     for sandbox_id in killed:
         await backend.client.containers.container(f"thunder-{sandbox_id}").kill()
@@ -73,7 +73,7 @@ async def test_dead_warm_sandbox_is_not_handed_out(
     assert lease.sandbox_id not in killed
     assert manager.sandbox_info(lease).origin == "cold"
     assert (await manager.exec(lease, "echo alive")).ok
-    (pool,) = manager.pools()
+    (pool,) = manager.provisioner.pools()
     assert pool.discarded_dead == 2
 
     async def killed_are_removed() -> bool:
@@ -87,9 +87,9 @@ async def test_pool_size_follows_demand(
 ) -> None:
     # Automatic pools: every spec acquired gets one, sized by its recent acquire rate.
     manager = await make_manager(pool_min_size=0, pool_max_size=3, pool_demand_window_s=3.0)
-    assert manager.pools() == []
+    assert manager.provisioner.pools() == []
     leases = [await manager.acquire("p", base_spec) for _ in range(6)]
-    (pool,) = manager.pools()
+    (pool,) = manager.provisioner.pools()
     assert pool.target >= 1
 
     async def warmed() -> bool:
@@ -100,14 +100,14 @@ async def test_pool_size_follows_demand(
         await manager.release(lease)
 
     async def shrunk() -> bool:
-        return manager.pools()[0].target == 0 and await warm_ids(backend, manager) == []
+        return manager.provisioner.pools()[0].target == 0 and await warm_ids(backend, manager) == []
 
     await eventually(shrunk, timeout_s=20, what="the pool empties once demand stops")
 
 
 async def test_configure_pool_rejects_bad_sizes(manager: EnvManager, base_spec: SandboxSpec) -> None:
     with pytest.raises(ValueError, match="min_size <= max_size"):
-        await manager.configure_pool(base_spec, min_size=3, max_size=1)
+        await manager.provisioner.configure_pool(base_spec, min_size=3, max_size=1)
 
 
 # --------------------------------------------------------------------- prepare
@@ -116,8 +116,8 @@ async def test_configure_pool_rejects_bad_sizes(manager: EnvManager, base_spec: 
 async def test_prepared_environment_is_taken_by_the_acquire(
     manager: EnvManager, backend: DockerBackend, base_spec: SandboxSpec
 ) -> None:
-    await manager.prepare("p", base_spec)
-    await manager.prepare("p", base_spec)  # idempotent: one environment per program and spec
+    await manager.provisioner.prepare("p", base_spec)
+    await manager.provisioner.prepare("p", base_spec)  # idempotent: one environment per program and spec
     assert manager.sandboxes("p") == []  # returned before the sandbox exists or is handed over
 
     async def started() -> bool:
@@ -127,14 +127,14 @@ async def test_prepared_environment_is_taken_by_the_acquire(
     (prepared_id,) = await containers_labelled(backend, thunder__namespace=manager.config.namespace)
 
     async def ready() -> bool:
-        return manager.is_prepared("p", base_spec)
+        return manager.provisioner.is_prepared("p", base_spec)
 
     await eventually(ready, what="the prepared sandbox is ready")
-    assert not manager.is_prepared("q", base_spec)
+    assert not manager.provisioner.is_prepared("q", base_spec)
     lease = await manager.acquire("p", base_spec)
     assert lease.sandbox_id == prepared_id
     assert manager.sandbox_info(lease).origin == "prepared"
-    stats = manager.preparation_stats()
+    stats = manager.provisioner.preparation_stats()
     assert (stats.requested, stats.ready_at_acquire, stats.waited_at_acquire) == (1, 1, 0)
     # Another program's acquire does not take it (it was taken anyway), and gets its own.
     other = await manager.acquire("q", base_spec)
@@ -143,11 +143,11 @@ async def test_prepared_environment_is_taken_by_the_acquire(
 
 async def test_acquire_right_after_prepare_waits_for_it(manager: EnvManager, base_spec: SandboxSpec) -> None:
     spec = with_setup(base_spec, "echo prepared >> /etc/log")
-    await manager.prepare("p", spec)
+    await manager.provisioner.prepare("p", spec)
     lease = await manager.acquire("p", spec)
     assert manager.sandbox_info(lease).origin == "prepared"
     assert (await manager.exec(lease, "cat /etc/log")).stdout.text == "prepared\n"
-    stats = manager.preparation_stats()
+    stats = manager.provisioner.preparation_stats()
     assert (stats.ready_at_acquire, stats.waited_at_acquire) == (0, 1)
 
 
@@ -166,20 +166,20 @@ async def test_unclaimed_preparations_are_reclaimed(
     async def none() -> bool:
         return await count() == 0
 
-    await manager.prepare("ends", base_spec)
+    await manager.provisioner.prepare("ends", base_spec)
     await eventually(one, what="prepared")
     await manager.end_program("ends")
     assert await count() == 0  # gone with its program
 
-    await manager.prepare("forgets", base_spec)
+    await manager.provisioner.prepare("forgets", base_spec)
     await eventually(one, what="prepared")
     await eventually(none, timeout_s=10, what="expired after prepare_ttl_s")
-    assert manager.preparation_stats().expired == 1
+    assert manager.provisioner.preparation_stats().expired == 1
 
 
 async def test_failed_preparation_falls_back_to_the_acquire_path(manager: EnvManager) -> None:
     missing = SandboxSpec(image="thunder/does-not-exist:latest")
-    await manager.prepare("p", missing)  # returns at once: the failure shows at acquire time
+    await manager.provisioner.prepare("p", missing)  # returns at once: the failure shows at acquire time
     with pytest.raises(ImageNotFoundError):
         await manager.acquire("p", missing)
-    assert manager.preparation_stats().failed == 1
+    assert manager.provisioner.preparation_stats().failed == 1

@@ -141,7 +141,7 @@ async def test_cancelled_commit_leaves_no_image(
     (engine,) = gated.engine_calls
     image_id = await engine  # the engine did produce the image...
     assert not await image_exists(backend, image_id)  # ...and the cancelled snapshot removed it
-    assert manager.snapshots() == []
+    assert manager.provisioner.snapshots() == []
 
 
 async def test_acquire_waiting_on_a_build_gets_a_typed_error_when_closed(
@@ -151,7 +151,7 @@ async def test_acquire_waiting_on_a_build_gets_a_typed_error_when_closed(
     acquiring = asyncio.create_task(manager.acquire("p", with_setup(base_spec, "sleep 120")))
 
     async def building() -> bool:
-        return manager.template_builds() == 1
+        return manager.provisioner.template_builds() == 1
 
     await eventually(building, what="the template build started")
     await manager.close()  # cancels the build the acquire waits on

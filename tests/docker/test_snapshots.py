@@ -66,12 +66,12 @@ async def test_gc_keeps_referenced_snapshots_and_removes_the_rest(
     assert set(kept.holders) == {"program:p"}
     forks = await manager.fork("q", kept.snapshot_id, 2)
 
-    await manager.release_snapshot("p", kept.snapshot_id)
-    await manager.release_snapshot("p", dropped.snapshot_id)
+    await manager.provisioner.release_snapshot("p", kept.snapshot_id)
+    await manager.provisioner.release_snapshot("p", dropped.snapshot_id)
     # Unreferenced: gone at once. Referenced by the forks' sandboxes: kept.
     assert not await image_exists(backend, dropped.image_id)
     assert await image_exists(backend, kept.image_id)
-    assert [s.snapshot_id for s in manager.snapshots()] == [kept.snapshot_id]
+    assert [s.snapshot_id for s in manager.provisioner.snapshots()] == [kept.snapshot_id]
     with pytest.raises(SnapshotNotFoundError):
         await manager.fork("q", dropped.snapshot_id, 1)
 
@@ -79,19 +79,19 @@ async def test_gc_keeps_referenced_snapshots_and_removes_the_rest(
     assert await image_exists(backend, kept.image_id)
     await manager.release(forks[1])  # the last reference
     assert not await image_exists(backend, kept.image_id)
-    assert manager.snapshots() == []
+    assert manager.provisioner.snapshots() == []
 
 
 async def test_holds_and_program_end(manager: EnvManager, backend: DockerBackend, base_spec: SandboxSpec) -> None:
     source = await manager.acquire("p", base_spec)
     snap = await manager.snapshot(source)
-    manager.hold_snapshot("keeper", snap.snapshot_id)
+    manager.provisioner.hold_snapshot("keeper", snap.snapshot_id)
     await manager.end_program("p")  # drops p's hold (and its sandbox); keeper still holds
     assert await image_exists(backend, snap.image_id)
     await manager.end_program("keeper")
     assert not await image_exists(backend, snap.image_id)
     with pytest.raises(SnapshotNotFoundError):
-        manager.hold_snapshot("late", snap.snapshot_id)
+        manager.provisioner.hold_snapshot("late", snap.snapshot_id)
 
 
 async def test_fork_of_all_or_nothing(manager: EnvManager, backend: DockerBackend, base_spec: SandboxSpec) -> None:
@@ -107,7 +107,7 @@ async def test_fork_of_all_or_nothing(manager: EnvManager, backend: DockerBacken
         await task
     assert [s.sandbox_id for s in manager.sandboxes()] == [source.sandbox_id]
     assert await leftovers(backend, manager.config.namespace) != []  # the source and the snapshot remain
-    assert manager.snapshots()[0].holders == ("program:p",)
+    assert manager.provisioner.snapshots()[0].holders == ("program:p",)
     names = await backend.client.containers.list(
         all=True, filters={"label": [f"thunder.namespace={manager.config.namespace}"]}
     )
@@ -121,7 +121,7 @@ async def test_disk_accounting(manager: EnvManager, base_spec: SandboxSpec) -> N
     forks = await manager.fork("q", snap.snapshot_id, 2)
     await manager.exec(forks[0], "head -c 1048576 /dev/urandom > /workspace/one-mb")
 
-    report = await manager.disk_usage(max_age_s=0)
+    report = await manager.provisioner.disk_usage(max_age_s=0)
     sandboxes = {u.resource_id: u for u in report.sandboxes}
     (snapshot_usage,) = report.snapshots
     assert snapshot_usage.unique_bytes >= 2 * MB  # its own layer
@@ -145,12 +145,12 @@ async def test_disk_budget_is_enforced(
     second = with_setup(base_spec, "head -c 2097152 /dev/urandom > /etc/second")
 
     await manager.release(await manager.acquire("p", first))
-    (cached,) = manager.snapshots()  # no sandbox left, but the template is cached: 2 MB < 3 MB
+    (cached,) = manager.provisioner.snapshots()  # no sandbox left, but the template is cached: 2 MB < 3 MB
     lease = await manager.acquire("p", second)  # 4 MB of templates > 3 MB: the older cached one goes
-    await manager.collect_snapshots()
+    await manager.provisioner.collect_snapshots()
     assert not await image_exists(backend, cached.image_id)
-    assert [s.kind for s in manager.snapshots()] == ["template"]
-    assert manager.snapshots()[0].snapshot_id != cached.snapshot_id
+    assert [s.kind for s in manager.provisioner.snapshots()] == ["template"]
+    assert manager.provisioner.snapshots()[0].snapshot_id != cached.snapshot_id
 
     # Everything left is in use and over budget: new snapshots are refused, with the figures.
     await manager.exec(lease, "head -c 2097152 /dev/urandom > /workspace/more")
@@ -159,7 +159,7 @@ async def test_disk_budget_is_enforced(
     # The evicted template is rebuilt on its next use.
     again = await manager.acquire("p", first)
     assert (await manager.exec(again, "test -s /etc/first")).ok
-    assert manager.template_builds() == 3
+    assert manager.provisioner.template_builds() == 3
 
 
 async def test_snapshots_and_template_builds_are_refused_below_the_disk_reserve(
@@ -171,7 +171,7 @@ async def test_snapshots_and_template_builds_are_refused_below_the_disk_reserve(
         await manager.snapshot(lease)
     with pytest.raises(DiskReserveError, match="refusing a template build"):
         await manager.acquire("p", with_setup(base_spec, "touch /etc/built"))
-    assert manager.snapshots() == [] and manager.template_builds() == 0
+    assert manager.provisioner.snapshots() == [] and manager.provisioner.template_builds() == 0
     assert len(await leftovers(backend, manager.config.namespace)) == 1  # the one sandbox, no image
     assert (await manager.exec(lease, "true")).ok
 
@@ -189,9 +189,9 @@ async def main():
     snap = await manager.snapshot(lease)
     await manager.fork("crashy", snap.snapshot_id, 1)
     await manager.acquire("crashy", spec.model_copy(update={"setup": ("touch /etc/t",)}))
-    await manager.configure_pool(spec, min_size=1, max_size=1)
-    await manager.wait_for_pool(spec)
-    print(json.dumps(len(manager.snapshots())), flush=True)
+    await manager.provisioner.configure_pool(spec, min_size=1, max_size=1)
+    await manager.provisioner.wait_for_pool(spec)
+    print(json.dumps(len(manager.provisioner.snapshots())), flush=True)
     await asyncio.sleep(3600)
 
 asyncio.run(main())

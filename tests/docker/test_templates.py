@@ -18,7 +18,7 @@ from .conftest import ManagerFactory, leftovers
 async def test_setup_runs_once_for_many_sandboxes(manager: EnvManager, base_spec: SandboxSpec) -> None:
     spec = with_setup(base_spec, "echo built >> /etc/setup.log", "mkdir -p /opt/app && echo v1 > /opt/app/version")
     leases = await asyncio.gather(*(manager.acquire(f"p{i}", spec) for i in range(6)))
-    assert manager.template_builds() == 1
+    assert manager.provisioner.template_builds() == 1
     assert len({lease.sandbox_id for lease in leases}) == 6
     for lease in leases:
         result = await manager.exec(lease, "cat /etc/setup.log /opt/app/version")
@@ -28,8 +28,8 @@ async def test_setup_runs_once_for_many_sandboxes(manager: EnvManager, base_spec
         await manager.release(lease)
     later = await manager.acquire("later", spec)
     assert (await manager.exec(later, "cat /etc/setup.log")).stdout.text == "built\n"
-    assert manager.template_builds() == 1
-    templates = [s for s in manager.snapshots() if s.kind == "template"]
+    assert manager.provisioner.template_builds() == 1
+    templates = [s for s in manager.provisioner.snapshots() if s.kind == "template"]
     assert len(templates) == 1
     assert manager.sandbox_info(later).image == base_spec.image  # the info shows what was asked for
 
@@ -41,7 +41,7 @@ async def test_other_steps_make_another_template(manager: EnvManager, base_spec:
     assert (await manager.exec(one, "cat /etc/which")).stdout.text == "one\n"
     assert (await manager.exec(two, "cat /etc/which")).stdout.text == "two\n"
     assert not (await manager.exec(plain, "cat /etc/which")).ok
-    assert manager.template_builds() == 2
+    assert manager.provisioner.template_builds() == 2
 
 
 async def test_failing_step_is_a_typed_error_and_leaves_nothing(
@@ -50,13 +50,13 @@ async def test_failing_step_is_a_typed_error_and_leaves_nothing(
     spec = with_setup(base_spec, "echo step one", "echo going wrong >&2; exit 7", "echo never runs > /etc/never")
     # Concurrent requests share the one failing build and all see its error.
     results = await asyncio.gather(*(manager.acquire(f"p{i}", spec) for i in range(3)), return_exceptions=True)
-    assert manager.template_builds() == 1
+    assert manager.provisioner.template_builds() == 1
     for error in results:
         assert isinstance(error, TemplateBuildError)
         assert error.step_index == 1 and error.exit_code == 7
         assert "going wrong" in error.stderr and "going wrong" in str(error)
     assert await leftovers(backend, manager.config.namespace) == []
-    assert manager.sandboxes() == [] and manager.snapshots() == []
+    assert manager.sandboxes() == [] and manager.provisioner.snapshots() == []
     # Fixed steps build fine: a failure is not cached.
     fixed = with_setup(base_spec, "echo step one", "echo fine > /etc/fine")
     lease = await manager.acquire("p", fixed)
@@ -75,7 +75,7 @@ async def test_template_snapshot_goes_with_the_manager(
 ) -> None:
     manager = await make_manager()
     await manager.acquire("p", with_setup(base_spec, "touch /etc/x"))
-    (template,) = manager.snapshots()
+    (template,) = manager.provisioner.snapshots()
     assert await image_exists(backend, template.image_id)
     await manager.close()
     assert not await image_exists(backend, template.image_id)
@@ -104,7 +104,7 @@ async def test_cancelled_callers_leave_no_build_running(
         most = max(most, len(await builds()))
     assert most == 1  # the bound, and the builds did not pile up
     assert await builds() == []  # each build went with its last caller, container and all
-    assert manager.snapshots() == []
+    assert manager.provisioner.snapshots() == []
 
 
 async def test_a_shared_build_outlives_one_cancelled_caller(manager: EnvManager, base_spec: SandboxSpec) -> None:
@@ -117,7 +117,7 @@ async def test_a_shared_build_outlives_one_cancelled_caller(manager: EnvManager,
         await first
     lease = await second  # the build it shared went on for it
     assert (await manager.exec(lease, "cat /etc/built")).stdout.text == "built\n"
-    assert manager.template_builds() == 1
+    assert manager.provisioner.template_builds() == 1
 
 
 async def _nonempty(found: Awaitable[list[str]]) -> bool:

@@ -107,7 +107,7 @@ async def test_snapshot_images_and_image_ids_are_refused_as_images(make_server: 
         sandbox_id = await create_sandbox(owner)
         await call(owner, "file_write", sandbox_id=sandbox_id, path="secret.txt", content="mine")
         snapshot_id = (await call(owner, "sandbox_snapshot", sandbox_id=sandbox_id))["snapshot_id"]
-        (info,) = [i for i in owner_server.manager.snapshots() if i.snapshot_id == snapshot_id]
+        (info,) = [i for i in owner_server.manager.provisioner.snapshots() if i.snapshot_id == snapshot_id]
         hex_id = info.image_id.removeprefix("sha256:")
         for image in (f"thunder/snapshot:{snapshot_id}", "thunder/snapshot", info.image_id, hex_id, hex_id[:12]):
             message = await call_error(other, "sandbox_create", image=image)

@@ -209,9 +209,9 @@ async def test_snapshot_and_fork(client: Client, server: ThunderServer) -> None:
     again = await call(client, "sandbox_fork", sandbox_id=sandbox_id)  # snapshot now, then fork
     fork_id = again["sandboxes"][0]["sandbox_id"]
     assert (await call(client, "file_read", sandbox_id=fork_id, path="state.txt"))["content"] == "v2"
-    assert len(server.manager.snapshots()) == 2
+    assert len(server.manager.provisioner.snapshots()) == 2
     await call(client, "program_end")
-    assert server.manager.snapshots() == [] and server.manager.sandboxes() == []
+    assert server.manager.provisioner.snapshots() == [] and server.manager.sandboxes() == []
 
 
 async def test_program_end_reclaims_everything(make_server: ServerFactory) -> None:
@@ -233,6 +233,6 @@ async def test_setup_steps_are_built_once_and_reused(client: Client, server: Thu
     second = await create_sandbox(client, setup=steps)
     for sandbox_id in (first, second):
         assert (await call(client, "file_read", sandbox_id=sandbox_id, path="marker"))["content"] == "built\n"
-    assert server.manager.template_builds() == 1
+    assert server.manager.provisioner.template_builds() == 1
     failing = await call_error(client, "sandbox_create", template="base", setup=["exit 7"])
     assert "setup step 1" in failing

@@ -33,7 +33,7 @@ from thunder_sched.errors import BadRequestError
 from thunder_sched.proxy import take_program_id
 from thunder_serve.routing import ProgramScopedApi
 
-from .test_serve_link import MemoryBackend
+from ..fakes import MemoryBackend
 
 GOOD = [
     "a",

@@ -14,16 +14,15 @@ import pytest
 
 from mcp_server import HttpConfig
 from thunder_common.serving import serving
-from thunder_env import ManagerConfig
+from thunder_env import EnvManager, ManagerConfig
 from thunder_sched.config import SchedulerConfig
 from thunder_sched.policy import Status
 from thunder_serve.app import build_combined
 from thunder_serve.clients.mcp_client import connect, program_url
 from thunder_serve.config import CombinedConfig
-from thunder_serve.envs import CombinedEnvManager
 from thunder_serve.status import StatusReport
 
-from .test_serve_link import MemoryBackend
+from ..fakes import MemoryBackend
 
 BACKEND = "http://fake-vllm"
 TOKEN = "unit-token-" + "0123456789abcdef"
@@ -79,7 +78,7 @@ async def served() -> AsyncIterator[Served]:
         http=HttpConfig(port=0, token=TOKEN, program_tokens={PROGRAM_TOKEN: "agent-5"}, metrics_token=METRICS_TOKEN),
         manager=ManagerConfig(namespace="unit-app", min_free_memory_bytes=0),
     )
-    manager = CombinedEnvManager(backend, config.manager)  # type: ignore[arg-type]
+    manager = EnvManager(backend, config.manager)  # type: ignore[arg-type]
     await manager.start()
     combined = build_combined(config, manager, transport=httpx.MockTransport(vllm))
     try:
@@ -135,7 +134,7 @@ async def test_mcp_is_served_behind_the_token_and_shares_the_program(served: Ser
         await tools.call("program_end")
     info = served.combined.scheduler.program("agent-3")
     assert info.status is Status.TERMINATED and info.terminated_reason == "released"
-    assert served.combined.manager.end_calls == {"agent-3": 1}
+    assert served.combined.link.envs.end_calls == {"agent-3": 1}
 
 
 async def test_metrics_cover_both_sides(served: Served) -> None:

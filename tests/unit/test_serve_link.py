@@ -1,29 +1,29 @@
 """The combined layer's coupling, without Docker or vLLM: a program's end on either side ends the other exactly
 once, a restore prepares the program's last environment, and the scheduler calls the restore hook only on
-restores (never on first admissions). The env manager runs on an in-memory backend (the lifecycle calls only);
+restores (never on first admissions). The env manager runs on the in-memory backend of tests/fakes.py;
 real Docker and the real CPU vLLM are in tests/vllm/test_serve_e2e.py."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 
-from mcp_server import ServerConfig
+from mcp_server import ProgramRegistry, ServerConfig
 from mcp_server.errors import ProgramRetiredError
-from thunder_env import ManagerConfig, SandboxSpec
-from thunder_env.backend import BackendSandbox, EngineDiskUsage, ManagedResource
+from thunder_env import EnvManager, ManagerConfig, SandboxReleased, SandboxSpec
 from thunder_env.events import ToolEvent
 from thunder_sched.config import PolicyConfig, SchedulerConfig
 from thunder_sched.policy import Status
 from thunder_sched.program import Usage
 from thunder_sched.scheduler import Scheduler
-from thunder_serve.envs import CombinedEnvManager
-from thunder_serve.link import LinkedProgramRegistry, ProgramLink, queue_head
+from thunder_serve.link import ProgramLink
+
+from ..fakes import MemoryBackend
 
 SPEC = SandboxSpec(image="fake/image:1")
 OTHER = SandboxSpec(image="fake/image:2")
@@ -31,56 +31,11 @@ BACKEND = "http://fake-vllm"
 
 
 @dataclass
-class MemoryBackend:
-    """Just enough of a SandboxBackend for the manager's lifecycle: sandboxes are names in a dict."""
-
-    live: dict[str, Mapping[str, str]] = field(default_factory=dict)
-    created: int = 0
-
-    async def create(self, sandbox_id: str, spec: SandboxSpec, labels: Mapping[str, str]) -> BackendSandbox:
-        await asyncio.sleep(0)
-        self.live[sandbox_id] = dict(labels)
-        self.created += 1
-        return BackendSandbox(sandbox_id, "c-" + sandbox_id, None)
-
-    async def destroy(self, sandbox_id: str) -> None:
-        self.live.pop(sandbox_id, None)
-
-    async def is_running(self, sandbox_id: str) -> bool:
-        return sandbox_id in self.live
-
-    async def list_managed(self, labels: Mapping[str, str]) -> list[ManagedResource]:
-        return [
-            ManagedResource("container", "c-" + sid, found)
-            for sid, found in self.live.items()
-            if all(found.get(k) == v for k, v in labels.items())
-        ]
-
-    async def remove_managed(self, resource: ManagedResource) -> None:
-        self.live.pop(resource.resource_id.removeprefix("c-"), None)
-
-    async def retry_removals(self) -> list[str]:
-        return []
-
-    async def storage_path(self) -> str | None:
-        return None
-
-    async def remove_orphan_dirs(self, namespace: str, live_sandbox_ids: Collection[str]) -> list[str]:
-        return []
-
-    async def disk_usage(self) -> EngineDiskUsage:
-        return EngineDiskUsage(0, (), ())
-
-    async def close(self) -> None:
-        pass
-
-
-@dataclass
 class Rig:
     backend: MemoryBackend
-    manager: CombinedEnvManager
+    manager: EnvManager
     scheduler: Scheduler
-    registry: LinkedProgramRegistry
+    registry: ProgramRegistry
     link: ProgramLink
 
     async def settle(self) -> None:
@@ -92,7 +47,7 @@ class Rig:
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
     backend = MemoryBackend()
-    manager = CombinedEnvManager(backend, ManagerConfig(namespace="unit", min_free_memory_bytes=0))  # type: ignore[arg-type]
+    manager = EnvManager(backend, ManagerConfig(namespace="unit", min_free_memory_bytes=0))  # type: ignore[arg-type]
     await manager.start()
 
     async def on_end(program_id: str) -> None:
@@ -100,7 +55,7 @@ async def rig() -> AsyncIterator[Rig]:
 
     scheduler = Scheduler(SchedulerConfig(backends=(BACKEND,)), on_program_end=on_end)
     link = ProgramLink(scheduler, manager)
-    registry = LinkedProgramRegistry(manager, ServerConfig(), link)
+    registry = ProgramRegistry(manager, ServerConfig(), idle_guard=link.live_in_scheduler)
     link.attach(registry)
     manager.add_listener(scheduler.on_tool_event)
     yield Rig(backend, manager, scheduler, registry, link)
@@ -125,7 +80,7 @@ async def test_scheduler_release_ends_the_environment_side_exactly_once(rig: Rig
     assert rig.scheduler.program("p1").status is Status.PAUSED  # known to the scheduler
     rig.scheduler.release("p1")
     await rig.settle()
-    assert rig.manager.end_calls == {"p1": 1}
+    assert rig.link.envs.end_calls == {"p1": 1}
     assert sandbox not in rig.backend.live
     assert rig.registry.get("p1") is None and rig.manager.programs() == []
     with pytest.raises(ProgramRetiredError, match="released"):
@@ -141,7 +96,7 @@ async def test_program_end_on_the_mcp_side_releases_the_scheduler_side_exactly_o
     assert report.sandboxes_destroyed == 1 and sandbox not in rig.backend.live
     assert rig.scheduler.program("p2").status is Status.TERMINATED
     assert rig.scheduler.program("p2").terminated_reason == "released"
-    assert rig.manager.end_calls == {"p2": 1}  # the scheduler's end notification did not end it again
+    assert rig.link.envs.end_calls == {"p2": 1}  # the scheduler's end notification did not end it again
     assert (rig.link.stats.ended_by_scheduler, rig.link.stats.ended_by_env) == (0, 1)
     # A late tool event does not resurrect it; a second end changes nothing on either side.
     await rig.scheduler.on_tool_event(ToolEvent("tool_start", "p2", sandbox, "sandbox_exec", "c2", 0.0))
@@ -149,13 +104,13 @@ async def test_program_end_on_the_mcp_side_releases_the_scheduler_side_exactly_o
     rig.link.env_ended("p2")
     await rig.link.on_scheduler_end("p2")
     await rig.settle()
-    assert rig.manager.end_calls == {"p2": 1} and rig.scheduler.stats.terminated == {"released": 1}
+    assert rig.link.envs.end_calls == {"p2": 1} and rig.scheduler.stats.terminated == {"released": 1}
 
 
 async def test_inactivity_of_a_program_only_the_mcp_side_knows_ends_it_there(rig: Rig) -> None:
     now = [0.0]
     config = ServerConfig(program_idle_timeout_s=10)
-    registry = LinkedProgramRegistry(rig.manager, config, rig.link, clock=lambda: now[0])
+    registry = ProgramRegistry(rig.manager, config, clock=lambda: now[0], idle_guard=rig.link.live_in_scheduler)
     registry.state("env-only")
     registry.state("both")
     await rig.scheduler.on_tool_event(ToolEvent("tool_end", "both", None, "file_read", "c3", 0.0))
@@ -173,11 +128,11 @@ async def test_a_restore_prepares_the_environment_the_program_last_acquired(rig:
     rig.link.on_restore("p3")
     rig.link.on_restore("p3")  # prepared at the head of the queue, then restored: prepared once
     await rig.settle()
-    assert rig.link.stats.prepares == 1 and rig.manager.is_prepared("p3", SPEC)
-    assert rig.manager.preparation_stats().requested == 1
+    assert rig.link.stats.prepares == 1 and rig.manager.provisioner.is_prepared("p3", SPEC)
+    assert rig.manager.provisioner.preparation_stats().requested == 1
     again = await rig.manager.acquire("p3", SPEC)
     assert rig.manager.sandbox_info(again).origin == "prepared"
-    assert rig.manager.preparation_stats().ready_at_acquire == 1
+    assert rig.manager.provisioner.preparation_stats().ready_at_acquire == 1
 
 
 async def test_a_restore_prepares_nothing_when_the_sandbox_is_held_or_the_program_ended(rig: Rig) -> None:
@@ -185,11 +140,11 @@ async def test_a_restore_prepares_nothing_when_the_sandbox_is_held_or_the_progra
     await _with_sandbox(rig, "p4")
     rig.link.on_restore("p4")  # still holds a sandbox of its spec
     await rig.settle()
-    assert rig.link.stats.prepares_skipped == 2 and rig.manager.preparation_stats().requested == 0
+    assert rig.link.stats.prepares_skipped == 2 and rig.manager.provisioner.preparation_stats().requested == 0
     await rig.registry.end("p4", "ended by program_end")
     rig.link.on_restore("p4")
     await rig.settle()
-    assert rig.manager.preparation_stats().requested == 0 and rig.manager.last_spec("p4") is None
+    assert rig.manager.provisioner.preparation_stats().requested == 0 and rig.link.envs.last_spec("p4") is None
 
 
 def _fake_vllm(request: httpx.Request) -> httpx.Response:
@@ -220,7 +175,7 @@ async def test_the_scheduler_calls_the_restore_hook_on_restores_only() -> None:
             assert scheduler.program("A").status is Status.PAUSED and restored == []
             waiting_a = asyncio.create_task(scheduler.admit("A", "completion", {"prompt": [1] * 620}))
             await asyncio.sleep(0)
-            assert queue_head(scheduler, 3) == ["A"]  # the only ready paused program: the head of the queue
+            assert scheduler.restore_queue(3) == ["A"]  # the only ready paused program: the head of the queue
             scheduler.finish(b, usage=Usage(600, 10), completed=True)
             now[0] += 1.5  # now A starves: B is paused and A restored
             scheduler.tick()
@@ -228,3 +183,24 @@ async def test_the_scheduler_calls_the_restore_hook_on_restores_only() -> None:
             assert restored == ["A"] and scheduler.program("A").restores == 1
         finally:
             await scheduler.close()
+
+
+async def test_a_restore_during_the_programs_end_prepares_nothing(rig: Rig) -> None:
+    await _with_sandbox(rig, "p5")
+    ending = asyncio.Event()
+    gate = asyncio.Event()
+
+    async def slow_listener(event: object) -> None:
+        if isinstance(event, SandboxReleased) and event.program_id == "p5":
+            ending.set()
+            await gate.wait()  # the manager is still ending p5: its program_ended is not out yet
+
+    rig.manager.events.add_lifecycle_listener(slow_listener)
+    end = asyncio.create_task(rig.registry.end("p5", "ended by program_end"))
+    await ending.wait()
+    rig.link.on_restore("p5")  # a restore seen meanwhile has nothing to prepare
+    await rig.settle()
+    gate.set()
+    await end
+    await rig.settle()
+    assert rig.manager.provisioner.preparation_stats().requested == 0 and rig.link.envs.last_spec("p5") is None

@@ -73,6 +73,6 @@ async def test_a_mini_swe_agent_episode_runs_through_thunder(cpu_vllm, quiet_off
         # Everything reclaimed, each side ended once.
         status = await combined.status(disk=False)
         assert status.resources.total() == 0, status.resources
-        assert dict(combined.manager.end_calls) == {episode.program_id: 1}
+        assert dict(combined.link.envs.end_calls) == {episode.program_id: 1}
         assert combined.link.stats.ended_by_env == 1 and combined.link.stats.ended_by_scheduler == 0
     assert await engine_leftovers(namespace) == []

@@ -56,7 +56,7 @@ async def test_quick_demo_pauses_restores_prepares_ahead_and_leaks_nothing(cpu_v
     seen: dict[str, object] = {}
 
     def inspect(combined: CombinedServer) -> None:  # after every program ended, before the server stops
-        seen["end_calls"] = dict(combined.manager.end_calls)
+        seen["end_calls"] = dict(combined.link.envs.end_calls)
         seen["terminated"] = [p for p in combined.scheduler.programs(include_terminated=True) if not p.ephemeral]
         seen["link"] = combined.link.stats
 

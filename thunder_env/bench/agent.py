@@ -16,6 +16,7 @@ import sys
 import time
 
 from .. import EnvManager, ManagerConfig, SandboxSpec
+from ..backend_config import DockerBackendConfig
 from ..docker import DockerBackend
 from .core import _round_trips
 from .stats import count_entries, p50_ms, p95_ms
@@ -35,7 +36,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     run_id = secrets.token_hex(4)
     acquire_s: dict[bool, list[float]] = {True: [], False: []}
     limit = asyncio.Semaphore(args.concurrency)
-    async with DockerBackend(exec_agent=True) as with_agent, DockerBackend(exec_agent=False) as without:
+    # The Docker backend itself: the agent against the Engine API is what this bench measures.
+    with_agent = DockerBackend.from_config(DockerBackendConfig(exec_agent=True))
+    without = DockerBackend.from_config(DockerBackendConfig(exec_agent=False))
+    async with with_agent, without:
         managers = {
             True: EnvManager(with_agent, ManagerConfig(namespace=f"bench-agent-{run_id}", idle_ttl_s=None)),
             False: EnvManager(without, ManagerConfig(namespace=f"bench-noagent-{run_id}", idle_ttl_s=None)),

@@ -36,6 +36,7 @@ from typing import Any, Literal
 import psutil
 
 from .. import EnvManager, ManagerConfig, SandboxSpec
+from ..backend_config import DockerBackendConfig
 from ..docker import DockerBackend
 from ..docker.agent_support import OWNER_SUFFIX
 from ..errors import BackendError, ThunderError
@@ -233,7 +234,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     started = time.perf_counter()
     ports: set[int] = set()
     extra: dict[str, Any] = {}
-    async with DockerBackend() as real:
+    # The Docker backend itself: the leak count reads its agent's host directories.
+    async with DockerBackend.from_config(DockerBackendConfig()) as real:
         faulty = FaultyBackend(real)
         armed = inject_engine_faults(faulty, random.Random(args.seed + 1), args.fault_scale)
         manager = EnvManager(faulty, config)  # type: ignore[arg-type]

@@ -12,12 +12,12 @@ import json
 import sys
 
 from .. import EnvManager, ManagerConfig, SandboxSpec
-from ..docker import DockerBackend
+from ..backend_factory import open_backend
 
 
 async def work(namespace: str, image: str, count: int) -> None:
     config = ManagerConfig(namespace=namespace, idle_ttl_s=None, reconcile_on_start=False)
-    async with DockerBackend() as backend:
+    async with open_backend() as backend:
         manager = EnvManager(backend, config)
         await manager.start()
         sandboxes: list[str] = []

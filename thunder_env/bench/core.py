@@ -21,6 +21,7 @@ import time
 import aiodocker
 
 from .. import EnvManager, ManagerConfig, SandboxSpec
+from ..backend_config import DockerBackendConfig
 from ..docker import DockerBackend
 from ..docker.agent_support import engine_exec_only
 from ..docker.lifecycle import container_name
@@ -62,7 +63,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     abrupt = 0
     limit = asyncio.Semaphore(args.concurrency)
 
-    async with DockerBackend(exec_agent=not args.no_agent) as backend:
+    # The Docker backend itself (not make_backend): this bench reads its agent counters and raw client.
+    async with DockerBackend.from_config(DockerBackendConfig(exec_agent=not args.no_agent)) as backend:
         manager = EnvManager(backend, ManagerConfig(namespace=namespace, idle_ttl_s=None))
         await manager.start()
 

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 
 from .. import EnvManager, ManagerConfig, SandboxSpec
 from ..backend import ExecRequest
+from ..backend_config import DockerBackendConfig
 from ..docker import DockerBackend
 from ..docker.lifecycle import container_name
 from ..errors import BackendError
@@ -46,7 +47,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     # No health check: the naive copies are made behind the manager's back with its labels, and the check
     # would remove them as containers nothing in the manager holds.
     config = ManagerConfig(namespace=namespace, idle_ttl_s=None, fork_concurrency=4, health_interval_s=None)
-    async with DockerBackend() as backend:
+    # The Docker backend itself: its naive copies go through the raw client.
+    async with DockerBackend.from_config(DockerBackendConfig()) as backend:
         manager = EnvManager(backend, config)
         await manager.start()
         naive_images: list[str] = []
@@ -113,7 +115,7 @@ async def measure_dedup(
     await asyncio.gather(*(write(lease) for lease in leases))
     write_s = time.perf_counter() - started
 
-    report = await manager.disk_usage(max_age_s=0)
+    report = await manager.provisioner.disk_usage(max_age_s=0)
     fork_ids = {lease.sandbox_id for lease in leases}
     (snapshot_usage,) = [u for u in report.snapshots if u.resource_id == snap.snapshot_id]
     figures = {

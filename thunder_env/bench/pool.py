@@ -13,7 +13,7 @@ import sys
 import time
 
 from .. import EnvManager, ManagerConfig, SandboxSpec
-from ..docker import DockerBackend
+from ..backend_factory import open_backend
 from .stats import p50_ms, p95_ms
 
 SETUP = ("python3 -c 'import json, sqlite3, venv' && echo ready > /etc/thunder-template-ready",)
@@ -30,7 +30,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     namespace = "bench-pool-" + secrets.token_hex(4)
     spec = SandboxSpec(image=args.image, memory_bytes=256 << 20, setup=SETUP)
     config = ManagerConfig(namespace=namespace, idle_ttl_s=None, pool_refill_concurrency=args.refill_concurrency)
-    async with DockerBackend() as backend:
+    async with open_backend() as backend:
         manager = EnvManager(backend, config)
         await manager.start()
         try:
@@ -47,8 +47,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 await manager.release(lease)
 
             started = time.perf_counter()
-            await manager.configure_pool(spec, min_size=count, max_size=count)
-            await manager.wait_for_pool(spec, timeout_s=600)
+            await manager.provisioner.configure_pool(spec, min_size=count, max_size=count)
+            await manager.provisioner.wait_for_pool(spec, timeout_s=600)
             fill_s = time.perf_counter() - started
 
             warm_s: list[float] = []
@@ -61,7 +61,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             origins = [manager.sandbox_info(lease).origin for lease in leases]
             check = await manager.exec(leases[-1], "cat /etc/thunder-template-ready")
             assert check.stdout.text == "ready\n", check
-            (pool,) = manager.pools()
+            (pool,) = manager.provisioner.pools()
         finally:
             await manager.close()
         leaked = await backend.list_managed({"thunder.namespace": namespace})

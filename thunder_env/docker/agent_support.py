@@ -26,8 +26,6 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-import aiodocker
-
 from ..agent.build import DEFAULT_CACHE_DIR, AgentBuildError, ensure_agent_binary
 from ..backend import ExecRequest, OutputCallback
 from ..errors import CommandStartUnknownError
@@ -44,6 +42,7 @@ from .agent_client import (
     agent_kill,
     agent_ping,
 )
+from .clients import DockerClients
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +83,14 @@ def agent_command(sandbox_id: str, command: tuple[str, ...]) -> list[str]:
     return base if command == KEEPALIVE_COMMAND else [*base, "--", *command]
 
 
-class DockerAgentSupport:
-    _docker: aiodocker.Docker
+class ExecAgents:
+    """The exec agents of one backend's sandboxes: their host directories, readiness, and the exec and
+    kill fast paths. The lifecycle calls ``prepare``/``register`` on create and ``detach``/``forget`` on
+    destroy; execution tries ``exec``/``kill`` first and takes the Engine API when they answer None/False."""
 
-    def _init_agent(self, enabled: bool, run_dir: Path | None, cache_dir: Path | None) -> None:
+    def __init__(self, clients: DockerClients, enabled: bool, run_dir: Path | None, cache_dir: Path | None) -> None:
         # The host directory must be the engine's host: only for an engine on a local Unix socket.
-        self.exec_agent = enabled and str(self._docker.docker_host).startswith("unix://")
+        self.enabled = enabled and clients.local
         self.agent_execs = 0  # commands the agent ran
         self.fallback_execs = 0  # commands meant for the agent that went through the Engine API
         self._run_dir = run_dir or DEFAULT_RUN_DIR
@@ -107,21 +108,21 @@ class DockerAgentSupport:
         self._owner = OwnerIdentity.current().encode()
 
     @property
-    def agent_run_dir(self) -> Path:
-        """Where the per-sandbox socket directories live: ``<agent_run_dir>/<namespace>/<sandbox_id>``."""
+    def run_dir(self) -> Path:
+        """Where the per-sandbox socket directories live: ``<run_dir>/<namespace>/<sandbox_id>``."""
         return self._run_dir
 
-    def agent_socket(self, sandbox_id: str) -> AgentEndpoint | None:
+    def socket(self, sandbox_id: str) -> AgentEndpoint | None:
         """The sandbox's agent (None: its commands take the Engine API)."""
         return self._agents.get(sandbox_id)
 
     # ------------------------------------------------------------------------- lifecycle hooks
 
-    async def _prepare_agent(
+    async def prepare(
         self, sandbox_id: str, spec: SandboxSpec, labels: Mapping[str, str], config: dict[str, Any]
     ) -> AgentEndpoint | None:
         """Make the sandbox's host directory and point the create body at the agent."""
-        if not self.exec_agent:
+        if not self.enabled:
             return None
         binary = await self._binary()
         if binary is None:
@@ -136,7 +137,7 @@ class DockerAgentSupport:
         except (OSError, ValueError) as exc:
             # The agent is an accelerator: without its directory the sandbox still works, slower.
             log.warning("sandbox %s gets no exec agent (%s); its commands take the Engine API", sandbox_id, exc)
-            await self._forget_agent(sandbox_id)
+            await self.forget(sandbox_id)
             return None
         config["Cmd"] = agent_command(sandbox_id, spec.command)
         mounts = config["HostConfig"].setdefault("Mounts", [])
@@ -144,7 +145,7 @@ class DockerAgentSupport:
         mounts.append({"Type": "bind", "Source": str(leaf), "Target": RUN_MOUNT})
         return AgentEndpoint(sandbox_id, str(leaf / SOCKET_NAME), spec.user)
 
-    def _register_agent(self, agent: AgentEndpoint | None) -> None:
+    def register(self, agent: AgentEndpoint | None) -> None:
         """The sandbox started: its agent is used from now on, once it has answered a first time.
 
         Create does not wait for it (cold acquire stays as fast as without the agent); the first
@@ -182,13 +183,13 @@ class DockerAgentSupport:
             self._unconfirmed.pop(agent.sandbox_id, None)
             return True
 
-    def _detach_agent(self, sandbox_id: str) -> None:
+    def detach(self, sandbox_id: str) -> None:
         """The sandbox is going: commands cut off from now on are its end, not the agent's failure."""
         self._agents.pop(sandbox_id, None)
         self._unconfirmed.pop(sandbox_id, None)
         self._unresponsive.discard(sandbox_id)
 
-    def agent_unresponsive(self, sandbox_id: str) -> bool:
+    def unresponsive(self, sandbox_id: str) -> bool:
         """Whether the sandbox's agent was given up on (its commands take the Engine API)."""
         return sandbox_id in self._unresponsive
 
@@ -198,10 +199,10 @@ class DockerAgentSupport:
             log.warning("the exec agent of sandbox %s is unresponsive (%s); its commands take the Engine API",
                         sandbox_id, why)
 
-    async def _forget_agent(self, sandbox_id: str) -> None:
+    async def forget(self, sandbox_id: str) -> None:
         """Drop the sandbox's agent and its host directory (by name: also after a cancelled create)."""
-        self._detach_agent(sandbox_id)
-        if self.exec_agent:
+        self.detach(sandbox_id)
+        if self.enabled:
             await asyncio.to_thread(_remove_sandbox_dirs, self._run_dir, sandbox_id)
 
     async def remove_orphan_dirs(self, namespace: str, live_sandbox_ids: Collection[str]) -> list[str]:
@@ -216,7 +217,7 @@ class DockerAgentSupport:
     # ------------------------------------------------------------------------- operations
 
     def _agent_for(self, sandbox_id: str, user: str) -> AgentEndpoint | None:
-        if not self.exec_agent or _ENGINE_ONLY.get():
+        if not self.enabled or _ENGINE_ONLY.get():
             return None
         if sandbox_id in self._unresponsive:
             return None
@@ -224,7 +225,7 @@ class DockerAgentSupport:
         # The agent runs as the sandbox's user; a command for another user takes the Engine API.
         return endpoint if endpoint is not None and endpoint.user == user else None
 
-    async def _exec_via_agent(
+    async def exec(
         self, sandbox_id: str, request: ExecRequest, on_output: OutputCallback | None
     ) -> ExecResult | None:
         """The command's result through the agent, or None when it must take the Engine API."""
@@ -257,7 +258,8 @@ class DockerAgentSupport:
         self.agent_execs += 1
         return result
 
-    async def _kill_via_agent(self, sandbox_id: str, marker: str, user: str) -> bool:
+    async def kill(self, sandbox_id: str, marker: str, user: str) -> bool:
+        """Whether the agent killed the marked processes (False: take the Engine API)."""
         endpoint = self._agent_for(sandbox_id, user)
         if endpoint is None or not await self._agent_listens(endpoint):
             return False

@@ -12,7 +12,6 @@ import json
 import logging
 import time
 
-import aiodocker
 import aiohttp
 from aiodocker.stream import Stream
 
@@ -21,7 +20,8 @@ from ..errors import BackendError, CommandStartUnknownError, FileOperationError,
 from ..output import HeadTailBuffer
 from ..results import ExecResult, OutputChunk
 from .agent_client import AgentLostError
-from .agent_support import DockerAgentSupport
+from .agent_support import ExecAgents
+from .clients import DockerClients
 from .errors import engine_errors
 from .lifecycle import container_name
 
@@ -58,18 +58,27 @@ _OOM_COUNT_SCRIPT = (
 )
 
 
-class DockerExecution(DockerAgentSupport):
-    _docker: aiodocker.Docker  # control calls: inspect, the killer exec
-    _streams: aiodocker.Docker  # long streams: command output, archives
-    _oom_counts: dict[str, int]
+class DockerExecution:
+    """Commands and archives: the control client for inspect and the killer exec, the stream client for
+    command output and archives; the sandbox's agent first where it has one."""
+
+    def __init__(self, clients: DockerClients, agents: ExecAgents) -> None:
+        self._docker = clients.control
+        self._streams = clients.streams
+        self._agents = agents
+        self._oom_counts: dict[str, int] = {}  # sandbox -> OOM kills seen so far
+
+    def forget(self, sandbox_id: str) -> None:
+        """The sandbox is gone: drop what was kept for it."""
+        self._oom_counts.pop(sandbox_id, None)
 
     async def exec(
         self, sandbox_id: str, request: ExecRequest, on_output: OutputCallback | None = None
     ) -> ExecResult:
         try:
-            result = await self._exec_via_agent(sandbox_id, request, on_output)
+            result = await self._agents.exec(sandbox_id, request, on_output)
         except AgentLostError as exc:
-            if self.agent_socket(sandbox_id) is None:
+            if self._agents.socket(sandbox_id) is None:
                 return exc.partial  # the sandbox was destroyed under the command: nothing left to kill
             # The command may still run with nobody reading it: kill it; what it printed is kept.
             log.warning("%s; its processes are killed and the result has no exit code", exc)
@@ -143,7 +152,7 @@ class DockerExecution(DockerAgentSupport):
         # Run as the command's own user: without CAP_SYS_PTRACE, root cannot read another
         # user's /proc/PID/environ, but a user can read (and kill) its own processes.
         # The agent (which runs as the sandbox's user) kills without forking: it works at the pids limit.
-        if await self._kill_via_agent(sandbox_id, marker, user):
+        if await self._agents.kill(sandbox_id, marker, user):
             return
         container = self._docker.containers.container(container_name(sandbox_id))
         for attempt in range(5):

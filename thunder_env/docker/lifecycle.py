@@ -10,16 +10,17 @@ from typing import Any
 import aiodocker
 
 from ..backend import BackendSandbox, ManagedResource
+from ..backend_config import DOCKER_LOG_MAX_BYTES as DEFAULT_LOG_MAX_BYTES
 from ..errors import BackendError, ImageNotFoundError, InvalidSpecError
 from ..spec import SandboxSpec
-from .agent_support import DockerAgentSupport
+from .agent_support import ExecAgents
+from .clients import DockerClients
 from .errors import engine_errors
 from .networks import ProgramNetworks
 
 log = logging.getLogger(__name__)
 
 CONTAINER_PREFIX = "thunder-"
-DEFAULT_LOG_MAX_BYTES = 1 << 20
 # A removal already under way (another caller's) is waited for this long before the caller retries.
 REMOVAL_POLLS = 50
 REMOVAL_POLL_S = 0.2
@@ -60,12 +61,18 @@ def container_config(
     }
 
 
-class DockerLifecycle(DockerAgentSupport):
-    _docker: aiodocker.Docker
-    _networks: ProgramNetworks
-    _log_max_bytes: int
-    # Whether the storage driver limits a writable layer (StorageOpt size): None until a create tells.
-    enforces_disk_limit: bool | None
+class DockerLifecycle:
+    """Containers: create (with the sandbox's network and agent), destroy, find and remove by labels."""
+
+    def __init__(
+        self, clients: DockerClients, networks: ProgramNetworks, agents: ExecAgents, log_max_bytes: int
+    ) -> None:
+        self._docker = clients.control
+        self._networks = networks
+        self._agents = agents
+        self._log_max_bytes = log_max_bytes
+        # Whether the storage driver limits a writable layer (StorageOpt size): None until a create tells.
+        self.enforces_disk_limit: bool | None = None
 
     async def create(self, sandbox_id: str, spec: SandboxSpec, labels: Mapping[str, str]) -> BackendSandbox:
         config = container_config(spec, labels, log_max_bytes=self._log_max_bytes)
@@ -74,7 +81,7 @@ class DockerLifecycle(DockerAgentSupport):
         try:
             if spec.network == "internal":
                 config["HostConfig"]["NetworkMode"] = await self._networks.attach(sandbox_id, labels)
-            agent = await self._prepare_agent(sandbox_id, spec, labels, config)
+            agent = await self._agents.prepare(sandbox_id, spec, labels, config)
         except BaseException:
             await asyncio.shield(self._networks.detach(sandbox_id))
             raise
@@ -82,7 +89,7 @@ class DockerLifecycle(DockerAgentSupport):
         try:
             container = await self._create_container(config, name)
         except BaseException as exc:
-            await asyncio.shield(self._forget_agent(sandbox_id))
+            await asyncio.shield(self._agents.forget(sandbox_id))
             await asyncio.shield(self._networks.detach(sandbox_id))
             if isinstance(exc, BackendError) and exc.status == 404:
                 raise ImageNotFoundError(spec.image) from exc
@@ -96,7 +103,7 @@ class DockerLifecycle(DockerAgentSupport):
         except BaseException:
             await asyncio.shield(self.destroy(sandbox_id))
             raise
-        self._register_agent(agent)
+        self._agents.register(agent)
         return BackendSandbox(sandbox_id=sandbox_id, container_id=container.id, address=_address(info))
 
     async def _create_container(self, config: dict[str, Any], name: str) -> aiodocker.containers.DockerContainer:
@@ -119,12 +126,12 @@ class DockerLifecycle(DockerAgentSupport):
         return container
 
     async def destroy(self, sandbox_id: str) -> None:
-        self._detach_agent(sandbox_id)
+        self._agents.detach(sandbox_id)
         try:
             await self._delete_container(container_name(sandbox_id))
         finally:
             # Even when the caller gives up half-way (a cancelled reaper): the host directory goes too.
-            await asyncio.shield(self._forget_agent(sandbox_id))
+            await asyncio.shield(self._agents.forget(sandbox_id))
         await asyncio.shield(self._networks.detach(sandbox_id))  # the container is gone: its network may go
 
     async def _delete_container(self, ref: str) -> None:

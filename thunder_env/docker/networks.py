@@ -16,10 +16,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import aiodocker
 from aiodocker.networks import DockerNetwork
 
 from ..errors import BackendError, ResourceExhaustedError
+from .clients import DockerClients
 from .errors import engine_errors
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,8 @@ def program_network_name(labels: Mapping[str, str]) -> str:
 
 
 class ProgramNetworks:
-    def __init__(self, docker: aiodocker.Docker) -> None:
-        self._docker = docker
+    def __init__(self, clients: DockerClients) -> None:
+        self._docker = clients.control
         self._lock = asyncio.Lock()  # creations and removals: a network never goes under a new sandbox
         self._users: dict[str, set[str]] = {}  # network name -> sandboxes on it
         self._network_of: dict[str, str] = {}  # sandbox id -> network name

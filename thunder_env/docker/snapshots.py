@@ -6,17 +6,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import aiodocker
-
 from ..backend import EngineContainerUsage, EngineDiskUsage, EngineImageUsage
 from ..errors import BackendError
+from .clients import DockerClients
 from .errors import engine_errors
 from .lifecycle import container_name
 
 
 class DockerSnapshots:
-    _docker: aiodocker.Docker
-    _streams: aiodocker.Docker  # a commit copies the whole writable layer: no overall time limit
+    def __init__(self, clients: DockerClients) -> None:
+        self._docker = clients.control
+        self._streams = clients.streams  # a commit copies the whole writable layer: no overall time limit
 
     async def commit(self, sandbox_id: str, snapshot_ref: str, labels: Mapping[str, str], pause: bool) -> str:
         repository, _, tag = snapshot_ref.rpartition(":")
