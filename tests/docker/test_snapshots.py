@@ -206,3 +206,10 @@ async def test_reconcile_removes_snapshots_and_warm_sandboxes_of_a_crashed_manag
     assert sum(1 for item in left if item.startswith("container")) == 4  # source, fork, template one, warm
     async with EnvManager(backend, ManagerConfig(namespace=namespace)):
         assert await leftovers(backend, namespace) == []
+
+
+async def test_concurrent_disk_usage_queries_wait_for_each_other(backend: DockerBackend) -> None:
+    # dockerd runs one /system/df at a time and answers a concurrent one with a 500: several managers on
+    # one engine (or an operator's `docker system df`) must not make disk accounting fail.
+    results = await asyncio.gather(*(backend.disk_usage() for _ in range(6)), return_exceptions=True)
+    assert [r for r in results if isinstance(r, BaseException)] == []

@@ -3,6 +3,7 @@ stores only the difference), and the engine's ``/system/df`` tells what each lay
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,9 +42,27 @@ class DockerSnapshots:
         return True
 
     async def disk_usage(self) -> EngineDiskUsage:
-        async with engine_errors():
-            raw = await self._docker._query_json("system/df", method="GET")
-        return parse_system_df(raw)
+        # The engine runs one /system/df at a time and refuses a second with a 500 (another manager or a
+        # `docker system df` on the same engine): wait for the running one instead of failing the caller.
+        for attempt in range(DF_BUSY_RETRIES + 1):
+            try:
+                async with engine_errors():
+                    raw = await self._docker._query_json("system/df", method="GET")
+                return parse_system_df(raw)
+            except BackendError as exc:
+                if attempt == DF_BUSY_RETRIES or not is_df_busy(exc):
+                    raise
+            await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
+        raise AssertionError("unreachable")
+
+
+DF_BUSY_RETRIES = 8  # about 8 s in all: a df of a busy engine's layers takes seconds
+
+
+def is_df_busy(exc: BackendError) -> bool:
+    """The engine's answer while another disk usage query runs (dockerd: "a disk usage operation is already
+    running")."""
+    return exc.status == 500 and "disk usage operation is already running" in str(exc)
 
 
 def parse_system_df(raw: Mapping[str, Any]) -> EngineDiskUsage:
