@@ -8,7 +8,7 @@ PYTEST := $(PY) -m pytest -p no:cacheprovider --timeout=600
 MCP_PORT ?= 8765
 
 
-.PHONY: install system venv images agent test test-unit test-docker test-vllm vllm lint serve bench clean
+.PHONY: install system venv images agent test test-unit test-docker test-vllm vllm claude-code lint serve bench clean
 
 install: system venv images agent
 
@@ -36,12 +36,16 @@ agent: venv
 vllm: venv
 	@$(PY) -m thunder_sched.cpu_vllm ensure
 
+# Claude Code (pinned, under the cache folder; node and npm from apt if missing) for tests/vllm/test_claude_code.py.
+claude-code:
+	@scripts/ensure-claude-code.sh >/dev/null
+
 lint: venv
 	$(PY) -m ruff check .
 
 # The whole suite: fast unit tier first, then the real-Docker tier (env + MCP), the engine-restart tier (alone:
 # it restarts dockerd), then the real-vLLM tier.
-test: install vllm lint
+test: install vllm claude-code lint
 	$(PYTEST) -q tests/unit
 	$(PYTEST) -q tests/docker tests/mcp
 	$(PYTEST) -q tests/chaos
@@ -53,7 +57,7 @@ test-unit: venv
 test-docker: install
 	$(PYTEST) -q tests/docker tests/mcp
 
-test-vllm: install vllm
+test-vllm: install vllm claude-code
 	$(PYTEST) -q tests/vllm
 
 serve: install

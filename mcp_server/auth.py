@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from thunder_common.asgi import send_json
 
-from .binding import PRINCIPAL_STATE_KEY, PROGRAM_HEADER, SCOPE_STATE_KEY, bind_request
+from .binding import PRINCIPAL_STATE_KEY, PROGRAM_HEADER, SCOPE_STATE_KEY, agent_program_id, bind_request
 from .errors import ProgramBindingError
 
 PROGRAM_PATH = re.compile(r"^/p/(?P<program>[^/]+)/mcp/?$")
@@ -63,8 +63,9 @@ class BearerAuthMiddleware:
     Tokens are compared by SHA-256 digest with ``hmac.compare_digest``.
     """
 
-    def __init__(self, app: ASGIApp, tokens: Mapping[str, str | None]) -> None:
+    def __init__(self, app: ASGIApp, tokens: Mapping[str, str | None], program_headers: Sequence[str] = ()) -> None:
         self.app = app
+        self._program_headers = tuple(program_headers)
         self._tokens = [(_digest(token), program, principal_of(token)) for token, program in tokens.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -85,8 +86,11 @@ class BearerAuthMiddleware:
             return
         match = PROGRAM_PATH.match(_route_path(scope))
         path_program = unquote(match.group("program")) if match else None
+        header_program = headers.get(PROGRAM_HEADER) or None
+        if path_program is None and header_program is None and token_program is None:
+            header_program = agent_program_id(headers, self._program_headers)
         try:
-            program = bind_request(path_program, headers.get(PROGRAM_HEADER) or None, token_program)
+            program = bind_request(path_program, header_program, token_program)
         except ProgramBindingError as exc:
             await reply(send, 400, "bad_program", str(exc))
             return

@@ -1,7 +1,8 @@
 """Which program a call belongs to.
 
 Over HTTP the auth middleware resolves the program once per request (path ``/p/{program_id}/mcp``,
-header ``X-Program-Id``, or a program-scoped token; they must agree) and leaves it in the ASGI scope.
+header ``X-Program-Id``, or a program-scoped token; they must agree; when none names one, the first
+configured agent-id header, e.g. ``X-Claude-Code-Session-Id``) and leaves it in the ASGI scope.
 A request that names no program belongs to its MCP session's program. Over stdio and in memory there is
 no request: the server's default program (one per process) is used.
 """
@@ -9,6 +10,7 @@ no request: the server's default program (one per process) is used.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from thunder_common.program_ids import InvalidProgramIdError, check_program_id
@@ -44,6 +46,11 @@ def bind_request(path_program: str | None, header_program: str | None, token_pro
             raise PermissionError(f"this token belongs to program {token_program!r}, not to {program!r}")
         return token_program
     return program
+
+
+def agent_program_id(headers: Mapping[str, str], names: Sequence[str]) -> str | None:
+    """The first of the configured agent-id headers the request carries (``names`` lower case)."""
+    return next((headers[name] for name in names if headers.get(name)), None)
 
 
 def session_program_id(session_id: str) -> str:

@@ -64,6 +64,15 @@ def build_parser(prog: str = "thunder-mcp") -> argparse.ArgumentParser:
         help="HTTP: extra Host header value to accept (DNS-rebinding check; repeatable)",
     )
     p.add_argument(
+        "--program-header",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="HTTP: a header that names the program of a request naming none by path, X-Program-Id or program "
+        "token: an agent's own run id (repeatable, first present wins; replaces the default "
+        "X-Claude-Code-Session-Id; 'none': no such header)",
+    )
+    p.add_argument(
         "--program-id",
         default=None,
         help="stdio: the program of this session (default: $THUNDER_PROGRAM_ID, else generated)",
@@ -152,9 +161,15 @@ def configs_from_args(
         token=token or secrets.token_urlsafe(32),
         program_tokens=program_tokens,
         allowed_hosts=tuple(args.allowed_host),
+        **({"program_headers": program_headers(args.program_header)} if args.program_header else {}),
         notifier_token=args.notifier_token or environ.get("THUNDER_NOTIFIER_TOKEN") or None,
     )
     return manager_config, server_config, http_config, generated
+
+
+def program_headers(names: list[str]) -> tuple[str, ...]:
+    """The --program-header flags: 'none' alone means no header names a program."""
+    return () if names == ["none"] else tuple(names)
 
 
 def claude_command(url: str, token: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from thunder_common.program_ids import check_program_id
+from thunder_common.program_ids import check_program_id, is_header_name
 from thunder_env import SandboxSpec
 
 
@@ -106,6 +106,10 @@ class HttpConfig(BaseModel):
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     session_idle_timeout_s: float = Field(default=1800.0, gt=0)
+    # Headers (lower case) that name a request's program when neither the path nor X-Program-Id nor a program
+    # token does, first present wins: agents' own run ids. The default is Claude Code's session header, the
+    # scheduler's default rule too (Claude Code 2.1.197 sends it on LLM requests only; see docs/agents.md).
+    program_headers: tuple[str, ...] = ("x-claude-code-session-id",)
     # Room for file_write's largest content once JSON-encoded.
     max_request_body_bytes: int = Field(default=32 << 20, ge=1 << 20)
 
@@ -117,6 +121,14 @@ class HttpConfig(BaseModel):
                 raise ValueError("program tokens must be at least 16 characters")
             check_program_id(program_id)
         return value
+
+    @field_validator("program_headers")
+    @classmethod
+    def _valid_program_headers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not is_header_name(name):
+                raise ValueError(f"program header {name!r} is not an HTTP header name")
+        return tuple(name.lower() for name in value)
 
     @model_validator(mode="after")
     def _distinct_tokens(self) -> HttpConfig:

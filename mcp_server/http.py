@@ -65,7 +65,7 @@ def create_http_app(server: ThunderServer, http: HttpConfig) -> Starlette:
     # Outermost first: authenticate and bind, then watch for closed sessions. Per route: the program-end
     # route checks its own tokens (the notifier token must not reach the MCP endpoints).
     mcp_middleware = [
-        Middleware(BearerAuthMiddleware, tokens=tokens),
+        Middleware(BearerAuthMiddleware, tokens=tokens, program_headers=http.program_headers),
         Middleware(SessionEndMiddleware, programs=server.programs),
     ]
     end_tokens = (http.token, *((http.notifier_token,) if http.notifier_token else ()))

@@ -34,3 +34,12 @@ def check_program_id(value: object, where: str = "") -> str:
     if isinstance(value, str) and _PATTERN.fullmatch(value) is not None:
         return value
     raise InvalidProgramIdError(value, where)
+
+
+# Agents' own run ids arrive in headers named by configuration (thunder-sched --program-id-from, thunder-mcp
+# --program-header): such a name must be an HTTP token (RFC 9110).
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def is_header_name(value: str) -> bool:
+    return _HEADER_NAME.fullmatch(value) is not None

@@ -10,6 +10,7 @@ import sys
 from pydantic import ValidationError
 
 from thunder_sched.config import PolicyConfig, SchedulerConfig
+from thunder_sched.program_ids import parse_program_id_rules
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="forward clients' Authorization / x-api-key headers to the backends (default: never)",
     )
+    p.add_argument(
+        "--program-id-from",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="where a request that names no program (body program_id, X-Program-Id) finds one: 'header:NAME' or "
+        "'user-id:REGEX' (on the body's metadata.user_id); repeatable, first match wins; replaces the default "
+        "(Claude Code's session id: header:X-Claude-Code-Session-Id, then its metadata.user_id); 'none': no rule",
+    )
     p.add_argument("--cache-affinity", type=float, default=pol["cache_affinity_s"].default)
     cfg = SchedulerConfig.model_fields
     p.add_argument("--interval", type=float, default=cfg["interval_s"].default, help="check period, s")
@@ -120,6 +130,7 @@ def config_from_args(args: argparse.Namespace) -> SchedulerConfig:
         host_tier_tokens=_tiers(args.host_tier_tokens),
         model_aliases=parse_model_aliases(args.model_alias),
         forward_auth=args.forward_auth,
+        program_id_rules=parse_program_id_rules(args.program_id_from),
     )
 
 

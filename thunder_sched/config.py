@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from thunder_sched.program_ids import DEFAULT_PROGRAM_ID_RULES, ProgramIdRule
+
 MODEL_ALIAS_DEFAULT = "*"  # the model alias applied to every requested name not listed
 
 
@@ -129,6 +131,11 @@ class SchedulerConfig(BaseModel):
         default_factory=dict,
         description="requested model name -> the backend's served name, applied to the body's `model` of every "
         f"completion route; the name {MODEL_ALIAS_DEFAULT!r} maps every name not listed",
+    )
+    program_id_rules: tuple[ProgramIdRule, ...] = Field(
+        DEFAULT_PROGRAM_ID_RULES,
+        description="where to find the program of a request that names none (no body program_id, no X-Program-Id): "
+        "the first rule that matches wins; the default recognises Claude Code's session id",
     )
     max_connections: int = Field(1024, ge=1, description="connection pool size towards the backends")
     terminated_history: int = Field(256, ge=0, description="recently terminated programs kept for GET /programs")

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -28,6 +28,7 @@ from thunder_sched.errors import (
     program_id_or_400,
 )
 from thunder_sched.program import Usage
+from thunder_sched.program_ids import ProgramIdRule, program_id_from_rules
 from thunder_sched.scheduler import Admission, Scheduler
 from thunder_sched.sse import MessagesUsageTracker, UsageTracker, parse_messages_usage, parse_usage
 from thunder_sched.tokens import Endpoint
@@ -107,8 +108,11 @@ async def read_body(request: Request) -> dict[str, Any]:
     return body
 
 
-def take_program_id(body: dict[str, Any], headers: Mapping[str, str]) -> str | None:
-    """`program_id` from the body (what `extra_body` sends; removed before forwarding) or X-Program-Id."""
+def take_program_id(
+    body: dict[str, Any], headers: Mapping[str, str], rules: Sequence[ProgramIdRule] = ()
+) -> str | None:
+    """`program_id` from the body (what `extra_body` sends; removed before forwarding) or X-Program-Id, else
+    what the first matching agent-id rule finds (thunder_sched/program_ids.py)."""
     from_body = body.pop("program_id", None)
     from_header = headers.get("x-program-id")
     if from_body is not None and not isinstance(from_body, str | int):
@@ -116,6 +120,8 @@ def take_program_id(body: dict[str, Any], headers: Mapping[str, str]) -> str | N
     pid = str(from_body) if from_body is not None else from_header
     if from_body is not None and from_header is not None and str(from_body) != from_header:
         raise BadRequestError(f"program_id {from_body!r} in the body differs from X-Program-Id {from_header!r}")
+    if pid is None:
+        pid = program_id_from_rules(rules, body, headers)
     return None if pid is None else program_id_or_400(pid)
 
 
@@ -266,7 +272,7 @@ async def stream(
 
 async def proxy_completion(scheduler: Scheduler, request: Request, endpoint: Endpoint) -> Response:
     body = await read_body(request)
-    program_id = take_program_id(body, request.headers)
+    program_id = take_program_id(body, request.headers, scheduler.config.program_id_rules)
     apply_model_alias(body, scheduler.config.model_aliases)
     strip_usage = False
     if body.get("stream") is True and endpoint != "messages":  # Messages streams always carry usage

@@ -27,6 +27,7 @@ from mcp_server.cli import claude_command
 from thunder_env import ManagerConfig, ThunderError
 from thunder_sched.cli import parse_model_aliases
 from thunder_sched.config import PolicyConfig, SchedulerConfig
+from thunder_sched.program_ids import header_names, parse_program_id_rules
 
 from .config import DEFAULT_NAMESPACE, DEFAULT_PORT, CombinedConfig
 from .errors import CombinedError
@@ -87,6 +88,15 @@ def serve(
             "NAME '*' matches every other name), e.g. Claude Code's Claude model names",
         ),
     ] = None,
+    program_id_from: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--program-id-from",
+            help="RULE: where a request that names no program (body program_id, X-Program-Id, /p/<id>/) finds "
+            "one: 'header:NAME' (LLM and MCP requests) or 'user-id:REGEX' (the Messages body's metadata.user_id); "
+            "repeatable, first match wins; replaces the default (Claude Code's session id); 'none': no rule",
+        ),
+    ] = None,
     prepare: Annotated[bool, typer.Option(help="prepare a paused program's environment before its restore")] = True,
     default_image: Annotated[str, typer.Option(help="image of sandbox_create without template")] = (
         ServerConfig.model_fields["default_image"].default
@@ -97,6 +107,7 @@ def serve(
     """Serve the OpenAI API (/v1), MCP (/mcp, /p/<program_id>/mcp), /metrics and /thunder/status in one process."""
     generated = token is None
     try:
+        rules = parse_program_id_rules(program_id_from or [])
         config = CombinedConfig(
             scheduler=SchedulerConfig(
                 backends=tuple(backend),
@@ -104,9 +115,14 @@ def serve(
                 interval_s=interval,
                 inactivity_timeout_s=idle_timeout,
                 model_aliases=parse_model_aliases(model_alias or []),
+                program_id_rules=rules,
             ),
             http=HttpConfig(
-                host=host, port=port, token=token or secrets.token_urlsafe(32), metrics_token=metrics_token
+                host=host,
+                port=port,
+                token=token or secrets.token_urlsafe(32),
+                metrics_token=metrics_token,
+                program_headers=header_names(rules),  # the same header rules name MCP requests' programs
             ),
             manager=ManagerConfig(namespace=namespace),
             server=ServerConfig(
@@ -118,7 +134,7 @@ def serve(
         )
     except ValidationError as exc:  # without input values: a token must never be echoed
         raise _fail("invalid configuration: " + "; ".join(_errors(exc)), 2) from None
-    except ValueError as exc:  # a malformed --model-alias (its message names only the flag's value)
+    except ValueError as exc:  # a malformed --model-alias / --program-id-from (the message names only the flag)
         raise _fail(f"invalid configuration: {exc}", 2) from None
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -48,6 +48,10 @@ def test_serve_refuses_a_bad_configuration_without_echoing_the_token() -> None:
     assert runner.invoke(app, ["serve"]).exit_code == 2  # --backend is required
     result = runner.invoke(app, ["serve", "--backend", "http://127.0.0.1:1", "--model-alias", "claude"])
     assert result.exit_code == 2 and "--model-alias wants NAME=SERVED" in result.output
+    result = runner.invoke(app, ["serve", "--backend", "http://127.0.0.1:1", "--program-id-from", "session"])
+    assert result.exit_code == 2 and "--program-id-from wants" in result.output
+    result = runner.invoke(app, ["serve", "--backend", "http://127.0.0.1:1", "--program-id-from", "user-id:x"])
+    assert result.exit_code == 2 and "needs a group" in result.output
 
 
 def test_status_of_a_server_that_is_not_there_says_so() -> None:

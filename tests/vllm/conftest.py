@@ -22,6 +22,7 @@ from thunder_sched.cpu_vllm import (
     cache_root_from_env,
     ensure_cpu_vllm,
 )
+from thunder_sched.cpu_vllm.ending import ensure_ending_model
 
 _HERE = Path(__file__).parent
 
@@ -52,6 +53,29 @@ async def cpu_vllm(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cp
         await server.start()
     except CpuVllmError as exc:
         pytest.fail(f"the CPU vLLM server did not start: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def cpu_vllm_ending(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[CpuVllmServer]:
+    """A second CPU vLLM serving the variant of the test model whose answers end at once (served name
+    `thunder-tiny-ends`), for clients that fail on an answer that never ends (Claude Code)."""
+    paths = CachePaths(cache_root_from_env(os.environ))
+    try:
+        prepared = await ensure_cpu_vllm(paths)
+        model_dir = await ensure_ending_model(prepared.python, prepared.model_dir)
+    except CpuVllmError as exc:
+        pytest.fail(f"cannot prepare the ending CPU vLLM model under {paths.root}: {exc}", pytrace=False)
+    log_path = tmp_path_factory.mktemp("cpu-vllm-ending") / "server.log"
+    config = VllmServerConfig(startup_timeout=360, served_model_name="thunder-tiny-ends")
+    server = CpuVllmServer(prepared.python, model_dir, config, log_path=log_path)
+    try:
+        await server.start()
+    except CpuVllmError as exc:
+        pytest.fail(f"the ending CPU vLLM server did not start: {exc}", pytrace=False)
     try:
         yield server
     finally:

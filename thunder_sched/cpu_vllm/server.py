@@ -46,6 +46,9 @@ class VllmServerConfig:
     enforce_eager: bool = False
     startup_timeout: float = 240.0
     stop_timeout: float = 30.0
+    # Tool calling for clients that send tools with tool_choice "auto" (Claude Code, OpenHands): vLLM refuses
+    # such requests (400) unless started with --enable-auto-tool-choice and a parser; None: neither flag.
+    tool_call_parser: str | None = "pythonic"  # needs no special token (llama3_json needs <|python_tag|>)
     extra_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)  # overrides for the server's environment
 
@@ -239,6 +242,8 @@ class CpuVllmServer:
         ]
         if cfg.enforce_eager:
             argv.append("--enforce-eager")
+        if cfg.tool_call_parser is not None:
+            argv += ["--enable-auto-tool-choice", "--tool-call-parser", cfg.tool_call_parser]
         return argv + list(cfg.extra_args)
 
     async def _start_once(self) -> None:
