@@ -7,7 +7,6 @@ CLI: `python -m thunder_sched.cpu_vllm ensure|serve`.
 
 from .errors import (
     CpuVllmError,
-    MetricsError,
     ModelError,
     ModelSpecError,
     ServerConfigError,
@@ -15,7 +14,7 @@ from .errors import (
     ServerStartTimeout,
     VenvError,
 )
-from .metrics import VllmMetrics, parse_metrics
+from .metrics import MetricsError, VllmMetrics, parse_metrics
 from .model import ModelSpec, ensure_model
 from .prepare import CachePaths, PreparedVllm, cache_root_from_env, ensure_cpu_vllm
 from .server import CpuVllmServer, VllmServerConfig, fetch_metrics

@@ -31,7 +31,3 @@ class ServerError(CpuVllmError):
 
 class ServerStartTimeout(ServerError, TimeoutError):
     """The vLLM server did not answer within the startup timeout."""
-
-
-class MetricsError(CpuVllmError, ValueError):
-    """vLLM's /metrics text lacks a metric we need or holds an unexpected value."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from thunder_sched import vllm_metrics
 from thunder_sched.vllm_metrics import (
     CACHE_CONFIG_INFO,
     KV_CACHE_USAGE,
@@ -16,10 +15,9 @@ from thunder_sched.vllm_metrics import (
     PREFIX_CACHE_QUERIES,
     REQUESTS_RUNNING,
     REQUESTS_WAITING,
+    MetricsError,
     parse_snapshot,
 )
-
-from .errors import MetricsError
 
 
 @dataclass(frozen=True)
@@ -46,10 +44,7 @@ def parse_metrics(text: str, *, model: str | None = None) -> VllmMetrics:
     `model` restricts to samples whose `model_name` label matches (all samples when None).
     Raises `MetricsError` when a needed metric is missing or the text is malformed.
     """
-    try:
-        snap = parse_snapshot(text, model=model)
-    except vllm_metrics.MetricsError as exc:
-        raise MetricsError(str(exc)) from exc
+    snap = parse_snapshot(text, model=model)
     if snap.cache is None:
         raise MetricsError(
             f"/metrics has no {CACHE_CONFIG_INFO} with a known num_gpu_blocks: "
