@@ -24,10 +24,11 @@ from mcp_server import HttpConfig, ServerConfig
 from mcp_server.config import default_templates
 from thunder_common.serving import serving
 from thunder_env import ManagerConfig, SandboxSpec
+from thunder_sched.bench.workload import seeded_text
 from thunder_sched.config import SchedulerConfig
 
 from .app import STATUS_PATH, CombinedServer, open_combined
-from .clients.demo_agent import VOCAB, DemoProgram, Plan, ProgramResult
+from .clients.demo_agent import DemoProgram, Plan, ProgramResult
 from .config import CombinedConfig
 from .errors import CombinedError, StatusUnavailableError
 from .status import StatusReport
@@ -109,8 +110,8 @@ async def _model_and_context(client: httpx.AsyncClient) -> tuple[str, int]:
 
 def make_plan(config: DemoConfig, model: str, capacity: int, max_model_len: int) -> Plan:
     rng = random.Random(config.seed)
-    system = "You are a careful agent that reads notes and runs commands. Reference:\n" + " ".join(
-        rng.choice(VOCAB) for _ in range(config.system_words)
+    system = "You are a careful agent that reads notes and runs commands. Reference:\n" + seeded_text(
+        rng, config.system_words
     )
     base = int(1.5 * (config.system_words + config.task_words)) + 30
     final = min(config.oversubscription * capacity / config.programs, config.max_context_share * max_model_len)

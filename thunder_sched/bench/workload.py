@@ -51,7 +51,8 @@ class ProgramSpec:
     start_delay_s: float
 
 
-def _text(rng: random.Random, n: int) -> str:
+def seeded_text(rng: random.Random, n: int) -> str:
+    """``n`` words drawn by ``rng``: the text of every seeded workload (this benchmark's, `thunder demo`'s)."""
     return " ".join(rng.choice(_VOCAB) for _ in range(n))
 
 
@@ -64,7 +65,7 @@ def tool_duration(rng: random.Random, config: WorkloadConfig) -> float:
 
 def make_workload(config: WorkloadConfig) -> tuple[str, list[ProgramSpec]]:
     rng = random.Random(config.seed)
-    system = "You are a coding agent. Tools: bash, edit, test. Reference:\n" + _text(rng, config.system_words)
+    system = "You are a coding agent. Tools: bash, edit, test. Reference:\n" + seeded_text(rng, config.system_words)
     programs = []
     tools = config.steps - 1
     for i in range(config.programs):
@@ -77,8 +78,8 @@ def make_workload(config: WorkloadConfig) -> tuple[str, list[ProgramSpec]]:
         programs.append(
             ProgramSpec(
                 index=i,
-                task=f"Task {i}: " + _text(text_rng, config.task_words),
-                tool_outputs=tuple(f"$ {cmd}\n" + _text(text_rng, config.tool_words) for cmd in commands),
+                task=f"Task {i}: " + seeded_text(text_rng, config.task_words),
+                tool_outputs=tuple(f"$ {cmd}\n" + seeded_text(text_rng, config.tool_words) for cmd in commands),
                 tool_commands=commands,
                 tool_durations_s=tuple(tool_duration(time_rng, config) for _ in range(tools)),
                 start_delay_s=time_rng.uniform(0.0, 0.5),
