@@ -23,7 +23,7 @@ OutputCallback = Callable[[OutputChunk], None]
 @dataclass(frozen=True, slots=True)
 class BackendSandbox:
     sandbox_id: str
-    container_id: str
+    backend_id: str  # the backend's own name for it (a container id on Docker)
     address: str | None  # reachable IP of the sandbox from the host, None without a network
 
 

@@ -104,7 +104,7 @@ class DockerLifecycle:
             await asyncio.shield(self.destroy(sandbox_id))
             raise
         self._agents.register(agent)
-        return BackendSandbox(sandbox_id=sandbox_id, container_id=container.id, address=_address(info))
+        return BackendSandbox(sandbox_id=sandbox_id, backend_id=container.id, address=_address(info))
 
     async def _create_container(self, config: dict[str, Any], name: str) -> aiodocker.containers.DockerContainer:
         limited = "StorageOpt" in config["HostConfig"]
