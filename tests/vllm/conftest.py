@@ -7,6 +7,7 @@ Prepare ahead of time with `python -m thunder_sched.cpu_vllm ensure` (installs o
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -34,6 +35,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.vllm)
 
 
+@contextlib.asynccontextmanager
+async def _running(
+    python: Path, model_dir: Path, config: VllmServerConfig, log_path: Path, what: str
+) -> AsyncIterator[CpuVllmServer]:
+    server = CpuVllmServer(python, model_dir, config, log_path=log_path)
+    try:
+        await server.start()
+    except CpuVllmError as exc:
+        pytest.fail(f"{what} did not start: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+# Startup takes 40-70 s alone, but over 130 s was seen while other test suites share the 2 cores.
+STARTUP_TIMEOUT_S = 360
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def cpu_vllm(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[CpuVllmServer]:
     """A running CPU vLLM server: `.url` (no /v1), `.openai_url`, `.model`, `await .capacity_tokens()`.
@@ -46,17 +66,9 @@ async def cpu_vllm(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cp
     except CpuVllmError as exc:
         pytest.fail(f"cannot prepare the CPU vLLM under {paths.root}: {exc}", pytrace=False)
     log_path = tmp_path_factory.mktemp("cpu-vllm") / "server.log"
-    # Startup takes 40-70 s alone, but over 130 s was seen while other test suites share the 2 cores.
-    config = VllmServerConfig(startup_timeout=360)
-    server = CpuVllmServer(prepared.python, prepared.model_dir, config, log_path=log_path)
-    try:
-        await server.start()
-    except CpuVllmError as exc:
-        pytest.fail(f"the CPU vLLM server did not start: {exc}", pytrace=False)
-    try:
+    config = VllmServerConfig(startup_timeout=STARTUP_TIMEOUT_S)
+    async with _running(prepared.python, prepared.model_dir, config, log_path, "the CPU vLLM server") as server:
         yield server
-    finally:
-        await server.stop()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -70,13 +82,6 @@ async def cpu_vllm_ending(tmp_path_factory: pytest.TempPathFactory) -> AsyncIter
     except CpuVllmError as exc:
         pytest.fail(f"cannot prepare the ending CPU vLLM model under {paths.root}: {exc}", pytrace=False)
     log_path = tmp_path_factory.mktemp("cpu-vllm-ending") / "server.log"
-    config = VllmServerConfig(startup_timeout=360, served_model_name="thunder-tiny-ends")
-    server = CpuVllmServer(prepared.python, model_dir, config, log_path=log_path)
-    try:
-        await server.start()
-    except CpuVllmError as exc:
-        pytest.fail(f"the ending CPU vLLM server did not start: {exc}", pytrace=False)
-    try:
+    config = VllmServerConfig(startup_timeout=STARTUP_TIMEOUT_S, served_model_name="thunder-tiny-ends")
+    async with _running(prepared.python, model_dir, config, log_path, "the ending CPU vLLM server") as server:
         yield server
-    finally:
-        await server.stop()
