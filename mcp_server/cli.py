@@ -70,7 +70,7 @@ def build_parser(prog: str = "thunder-mcp") -> argparse.ArgumentParser:
         metavar="NAME",
         help="HTTP: a header that names the program of a request naming none by path, X-Program-Id or program "
         "token: an agent's own run id (repeatable, first present wins; replaces the default "
-        "X-Claude-Code-Session-Id; 'none': no such header)",
+        "X-Claude-Code-Session-Id and X-OpenHands-ServerConversation-ID; 'none': no such header)",
     )
     p.add_argument(
         "--program-id",

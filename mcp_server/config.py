@@ -109,7 +109,8 @@ class HttpConfig(BaseModel):
     # Headers (lower case) that name a request's program when neither the path nor X-Program-Id nor a program
     # token does, first present wins: agents' own run ids. The default is Claude Code's session header, the
     # scheduler's default rule too (Claude Code 2.1.197 sends it on LLM requests only; see docs/agents.md).
-    program_headers: tuple[str, ...] = ("x-claude-code-session-id",)
+    # Agents' own run ids: Claude Code's session id (when its MCP config forwards it), OpenHands' conversation id.
+    program_headers: tuple[str, ...] = ("x-claude-code-session-id", "x-openhands-serverconversation-id")
     # Room for file_write's largest content once JSON-encoded.
     max_request_body_bytes: int = Field(default=32 << 20, ge=1 << 20)
 

@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RULE",
         help="where a request that names no program (body program_id, X-Program-Id) finds one: 'header:NAME' or "
         "'user-id:REGEX' (on the body's metadata.user_id); repeatable, first match wins; replaces the default "
-        "(Claude Code's session id: header:X-Claude-Code-Session-Id, then its metadata.user_id); 'none': no rule",
+        "(Claude Code's session id: header:X-Claude-Code-Session-Id, then its metadata.user_id; then "
+        "header:X-OpenHands-ServerConversation-ID); 'none': no rule",
     )
     p.add_argument("--cache-affinity", type=float, default=pol["cache_affinity_s"].default)
     cfg = SchedulerConfig.model_fields

@@ -24,6 +24,9 @@ from thunder_common.program_ids import is_header_name
 
 PROGRAM_HEADER = "x-program-id"
 CLAUDE_CODE_SESSION_HEADER = "x-claude-code-session-id"
+# OpenHands (its server runtime) sends its conversation id to every HTTP MCP server on tool calls
+# (openhands/mcp/client.py, connect_http), not on LLM requests: a rule here names MCP requests in `thunder serve`.
+OPENHANDS_CONVERSATION_HEADER = "x-openhands-serverconversation-id"
 CLAUDE_CODE_USER_ID_PATTERN = r'"session_id"\s*:\s*"([^"]+)"|_session_([0-9A-Za-z-]+)'
 RULE_SYNTAX = "'header:NAME' or 'user-id:REGEX' (a regex with a group, searched in the body's metadata.user_id)"
 
@@ -61,6 +64,7 @@ class ProgramIdRule(BaseModel):
 DEFAULT_PROGRAM_ID_RULES: tuple[ProgramIdRule, ...] = (
     ProgramIdRule(source="header", value=CLAUDE_CODE_SESSION_HEADER),
     ProgramIdRule(source="user-id", value=CLAUDE_CODE_USER_ID_PATTERN),
+    ProgramIdRule(source="header", value=OPENHANDS_CONVERSATION_HEADER),
 )
 
 

@@ -94,7 +94,8 @@ def serve(
             "--program-id-from",
             help="RULE: where a request that names no program (body program_id, X-Program-Id, /p/<id>/) finds "
             "one: 'header:NAME' (LLM and MCP requests) or 'user-id:REGEX' (the Messages body's metadata.user_id); "
-            "repeatable, first match wins; replaces the default (Claude Code's session id); 'none': no rule",
+            "repeatable, first match wins; replaces the default (Claude Code's session id, OpenHands' conversation "
+            "id); 'none': no rule",
         ),
     ] = None,
     prepare: Annotated[bool, typer.Option(help="prepare a paused program's environment before its restore")] = True,

@@ -142,6 +142,9 @@ async def test_the_mcp_side_applies_the_header_rules_after_path_and_x_program_id
     assert await _bound_program({}, "/mcp", claude) == (200, None)  # no rule: the MCP session's program
     status, _ = await _bound_program(kw, "/mcp", {"X-Claude-Code-Session-Id": "../etc"})
     assert status == 400  # a found id is validated like a named one
+    # OpenHands sends its conversation id on its MCP requests: each conversation's tools are one program.
+    openhands = {"X-OpenHands-ServerConversation-ID": "8f2c6a0e1b3d4f5a9c7e0d1b2a3c4d5e"}
+    assert await _bound_program(kw, "/mcp", openhands) == (200, openhands["X-OpenHands-ServerConversation-ID"])
 
 
 def test_the_mcp_cli_sets_the_program_headers() -> None:
@@ -151,7 +154,7 @@ def test_the_mcp_cli_sets_the_program_headers() -> None:
         assert http is not None
         return http.program_headers
 
-    assert headers() == ("x-claude-code-session-id",)
+    assert headers() == ("x-claude-code-session-id", "x-openhands-serverconversation-id")
     assert headers("--program-header", "X-Run-Id", "--program-header", "X-Other") == ("x-run-id", "x-other")
     assert headers("--program-header", "none") == ()
     with pytest.raises(ValidationError, match="not an HTTP header name"):
