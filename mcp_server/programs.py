@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from thunder_env import EnvManager, Lease, SandboxNotFoundError
+from thunder_env.periodic import Periodic
 from thunder_env.processes import ExecProcess
 
 from .config import ServerConfig, check_program_id
@@ -136,7 +137,7 @@ class ProgramRegistry:
         self._idle_guard = idle_guard
         self._programs: dict[str, ProgramState] = {}
         self._ended: OrderedDict[str, str] = OrderedDict()
-        self._reaper: asyncio.Task[None] | None = None
+        self._reaper = Periodic(self.reap_idle, config.reaper_interval_s, "program idle reaper")
         self._ending: dict[str, asyncio.Future[EndReport]] = {}
         self._protected: set[asyncio.Future[Any]] = set()
         self._closed = False
@@ -292,11 +293,7 @@ class ProgramRegistry:
         if self._closed:
             return
         self._closed = True
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-            self._reaper = None
+        await self._reaper.stop()
         await asyncio.gather(
             *(self.end(pid, "server shut down") for pid in list(self._programs)), return_exceptions=True
         )
@@ -323,13 +320,5 @@ class ProgramRegistry:
             return False
 
     def _ensure_reaper(self) -> None:
-        if self._reaper is None and self.config.program_idle_timeout_s is not None:
-            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever(), name="thunder-mcp-reaper")
-
-    async def _reap_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.reaper_interval_s)
-            try:
-                await self.reap_idle()
-            except Exception:
-                log.exception("program idle reaper failed; retrying next interval")
+        if self.config.program_idle_timeout_s is not None:
+            self._reaper.start()

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+from .periodic import Periodic
 from .results import DiskReport
 
 log = logging.getLogger(__name__)
@@ -53,12 +54,10 @@ class DiskLimitWatch:
         self._measure = measure
         self._limits = limits
         self._stop = stop
-        self._interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(self.check, interval_s, "disk limit check")
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="thunder-disk-limits")
+        self._periodic.start()
 
     async def check(self) -> list[DiskOverrun]:
         """Stop every sandbox past its limit now; returns what was found."""
@@ -75,14 +74,4 @@ class DiskLimitWatch:
         return overruns
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            try:
-                await self.check()
-            except Exception:
-                log.exception("the disk limit check failed; retrying next interval")
+        await self._periodic.stop()

@@ -45,6 +45,7 @@ from .events import (
     command_word,
 )
 from .leases import Lease, LeaseTable
+from .periodic import Periodic
 from .ports import PortForwarder
 from .provisioning import Provisioner, disk_limit
 from .reconcile import OwnerIdentity, ReconcileReport, reconcile_namespace
@@ -112,10 +113,8 @@ class EnvManager:
         self._leases = LeaseTable()
         self._sandboxes: dict[str, _Sandbox] = {}
         self._storage_path: str | None = None
-        self._reaper: asyncio.Task[None] | None = None
-        self._reaping: asyncio.Task[list[str]] | None = None
-        self._watcher: asyncio.Task[None] | None = None
-        self._checking: asyncio.Task[list[str]] | None = None
+        self._reaper = Periodic(self.reap_idle, self.config.reaper_interval_s, "idle reaper")
+        self._watcher = Periodic(self.check_health, self.config.health_interval_s or 0.0, "sandbox health check")
         self.orphans_removed = 0  # containers the health check found nobody here holds, and removed
         self.orphan_report = ReconcileReport()  # the last health check's removals and failures
         self._closed = False
@@ -146,9 +145,9 @@ class EnvManager:
         self._storage_path = await self.features.disk.storage_path()
         report = await self.reconcile() if self.config.reconcile_on_start else None
         if self.config.idle_ttl_s is not None:
-            self._reaper = asyncio.create_task(self._reap_forever(), name="thunder-env-reaper")
+            self._reaper.start()
         if self.config.health_interval_s is not None:
-            self._watcher = asyncio.create_task(self._watch_forever(), name="thunder-env-health")
+            self._watcher.start()
         return report
 
     async def close(self) -> None:
@@ -161,15 +160,8 @@ class EnvManager:
             return
         self._closed = True
         self.provisioner.stop_accepting()
-        for task in (self._reaper, self._watcher):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        for work in (self._reaping, self._checking):
-            if work is not None:
-                # A reap or health check in progress is removing containers: let it finish rather than leak them.
-                await asyncio.gather(work, return_exceptions=True)
+        # Both loops stop at once; a reap or health check in progress finishes (it may be removing containers).
+        await asyncio.gather(self._reaper.stop(), self._watcher.stop())
         closed = [lease for owner in self._leases.programs() for lease in self._leases.of_program(owner)]
         for lease in closed:
             self._leases.remove(lease, "manager closed")
@@ -747,18 +739,6 @@ class EnvManager:
         finally:
             await self._announce(*self._released(leases))
 
-    async def _watch_forever(self) -> None:
-        assert self.config.health_interval_s is not None
-        while True:
-            await asyncio.sleep(self.config.health_interval_s)
-            self._checking = asyncio.create_task(self.check_health())
-            try:
-                await asyncio.shield(self._checking)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("sandbox health check failed; retrying next interval")
-
     async def check_health(self) -> list[str]:
         """Find this manager's sandboxes whose container stopped or vanished (reported dead to their
         programs), and remove this instance's containers nobody here answers for (see ``_remove_orphans``).
@@ -813,17 +793,6 @@ class EnvManager:
             report.removed.append(container)
         self.orphans_removed += len(report.removed)
         return report
-
-    async def _reap_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.reaper_interval_s)
-            self._reaping = asyncio.create_task(self.reap_idle())
-            try:
-                await asyncio.shield(self._reaping)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("idle reaper failed; retrying next interval")
 
     async def reap_idle(self) -> list[str]:
         """Reclaim sandboxes unused for longer than the idle TTL. Returns their ids."""
