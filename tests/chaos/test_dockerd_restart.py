@@ -11,11 +11,11 @@ import argparse
 
 from thunder_env.bench import chaos
 
-from ..docker.conftest import _require_engine_and_images
+from ..engine import require_engine
 
 
 async def test_a_dockerd_restart_and_a_killed_manager_leak_nothing() -> None:
-    await _require_engine_and_images()
+    await require_engine()
     parser = argparse.ArgumentParser()
     chaos.add_arguments(parser)
     args = parser.parse_args(["--lifecycles", "12", "--worker-sandboxes", "2", "--seed", "11"])

@@ -10,39 +10,21 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import aiodocker
 import pytest
 
 from thunder_env import EnvManager, ManagerConfig, SandboxSpec
 from thunder_env.docker import DockerBackend
 
-BASE_IMAGE = "thunder/base:latest"
-PYTHON_IMAGE = "thunder/python:latest"
+from ..engine import BASE_IMAGE, PYTHON_IMAGE, leftovers, require_engine
 
-
-async def _require_engine_and_images() -> None:
-    try:
-        async with aiodocker.Docker() as docker:
-            await docker.version()
-            for image in (BASE_IMAGE, PYTHON_IMAGE):
-                try:
-                    await docker.images.inspect(image)
-                except aiodocker.DockerError:
-                    pytest.fail(f"image {image} is missing: run `make install` (builds the images)", pytrace=False)
-    except (aiodocker.DockerError, OSError) as exc:
-        pytest.fail(f"the Docker Engine does not answer ({exc}): run `make install` as root", pytrace=False)
+__all__ = ["BASE_IMAGE", "PYTHON_IMAGE", "leftovers"]  # re-exported: the Docker and MCP tests import them here
 
 
 @pytest.fixture
 async def backend() -> AsyncIterator[DockerBackend]:
-    await _require_engine_and_images()
+    await require_engine()
     async with DockerBackend() as docker_backend:
         yield docker_backend
-
-
-async def leftovers(backend: DockerBackend, namespace: str) -> list[str]:
-    found = await backend.list_managed({"thunder.namespace": namespace})
-    return [f"{r.kind} {r.resource_id[:12]}" for r in found]
 
 
 ManagerFactory = Callable[..., Awaitable[EnvManager]]

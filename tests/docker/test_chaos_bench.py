@@ -10,11 +10,11 @@ import argparse
 
 from thunder_env.bench import chaos
 
-from .conftest import _require_engine_and_images
+from ..engine import require_engine
 
 
 async def test_a_tiny_chaos_run_leaks_nothing_and_crashes_nothing() -> None:
-    await _require_engine_and_images()
+    await require_engine()
     parser = argparse.ArgumentParser()
     chaos.add_arguments(parser)
     args = parser.parse_args(["--lifecycles", "6", "--no-dockerd-restart", "--worker-sandboxes", "2", "--seed", "5"])

@@ -38,8 +38,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_server import HttpConfig
 from mcp_server.binding import SCOPE_STATE_KEY
+from tests.engine import engine_leftovers, require_engine
 from tests.vllm.test_sched_messages_vllm import prompt_of, sse_events
-from tests.vllm.test_serve_e2e import engine_leftovers, require_engine
 from thunder_common.serving import serving
 from thunder_env import ManagerConfig
 from thunder_sched.config import SchedulerConfig

@@ -16,7 +16,7 @@ from thunder_sched.policy import Status
 from thunder_serve.app import open_combined
 from thunder_serve.demo import local_config
 
-from .test_serve_e2e import engine_leftovers, require_engine
+from ..engine import engine_leftovers, require_engine
 
 pytestmark = pytest.mark.vllm
 

@@ -16,38 +16,17 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiodocker
 import pytest
 
-from thunder_env.docker import DockerBackend
 from thunder_sched.policy import Status
 from thunder_serve import CombinedServer
 from thunder_serve.demo import DemoConfig, run_local_demo
 
+from ..engine import engine_leftovers, require_engine
+
 pytestmark = pytest.mark.vllm
 
-IMAGES = ("thunder/base:latest", "thunder/python:latest")
 THUNDER = str(Path(sys.executable).with_name("thunder"))
-
-
-async def require_engine() -> None:
-    """A missing engine or image fails the test with the fix: it is never a skip."""
-    try:
-        async with aiodocker.Docker() as docker:
-            for image in IMAGES:
-                try:
-                    await docker.images.inspect(image)
-                except aiodocker.DockerError:
-                    pytest.fail(f"image {image} is missing: run `make install` (builds the images)", pytrace=False)
-    except (aiodocker.DockerError, OSError) as exc:
-        pytest.fail(f"the Docker Engine does not answer ({exc}): run `make install` as root", pytrace=False)
-
-
-async def engine_leftovers(namespace: str) -> list[str]:
-    """Everything labelled with the namespace on the engine: containers and images (snapshots, templates)."""
-    async with DockerBackend() as backend:
-        found = await backend.list_managed({"thunder.namespace": namespace})
-    return [f"{r.kind} {r.resource_id[:12]}" for r in found]
 
 
 async def test_quick_demo_pauses_restores_prepares_ahead_and_leaks_nothing(cpu_vllm) -> None:

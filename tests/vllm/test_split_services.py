@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.vllm.test_serve_e2e import engine_leftovers, require_engine
+from tests.engine import engine_leftovers, require_engine
 from thunder_env.docker import DockerBackend
 from thunder_serve.clients.mcp_client import ToolCallError, ToolClient, connect, program_url
 
