@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,8 +72,8 @@ def spec_digest(spec: ModelSpec, generator_source: bytes) -> str:
     return digest.hexdigest()[:16]
 
 
-def _is_complete(model_dir: Path) -> bool:
-    return (model_dir / SPEC_FILE).is_file() and (model_dir / "model.safetensors").is_file()
+def _is_complete(model_dir: Path, marker: str) -> bool:
+    return (model_dir / marker).is_file() and (model_dir / "model.safetensors").is_file()
 
 
 async def ensure_model(
@@ -91,36 +92,54 @@ async def ensure_model(
     source = await asyncio.to_thread(GENERATOR.read_bytes)
     digest = spec_digest(spec, source)
     target = models_dir / f"thunder-tiny-{digest}"
-    if await asyncio.to_thread(_is_complete, target):
-        return target
-    lock = models_dir / f".{digest}.lock"
-    waiting = f"waiting for another process that holds {lock} (model generation)"
-    async with file_lock(lock, on_wait=lambda: progress(waiting)):
-        if await asyncio.to_thread(_is_complete, target):
-            return target
-        await _generate(python, spec, target, progress)
+    # Offline flags make any attempted download fail loudly instead of reaching out.
+    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    args = (GENERATOR, "--spec", spec.to_json())
+    await make_model_dir(
+        python, args, target, models_dir / f".{digest}.lock", SPEC_FILE,
+        what="model generation", announce="generating a random-weight Llama (about 20 s)",
+        progress=progress, env=offline,
+    )  # fmt: skip
     return target
 
 
-async def _generate(python: Path, spec: ModelSpec, target: Path, progress: Progress) -> None:
-    work = target.with_name(f".{target.name}.partial")
-    log_path = target.with_name(f"{target.name}.log")
-    await asyncio.to_thread(shutil.rmtree, work, ignore_errors=True)
-    await asyncio.to_thread(shutil.rmtree, target, ignore_errors=True)  # an incomplete earlier attempt
-    # Offline flags make any attempted download fail loudly instead of reaching out.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
-    progress(f"generating a random-weight Llama into {target} (about 20 s; log: {log_path})")
-    try:
-        code = await run_logged(
-            (python, GENERATOR, "--spec", spec.to_json(), "--out", work),
-            log_path=log_path,
-            progress=progress,
-            what="model generation",
-            env=env,
-        )
-        if code != 0:
-            raise ModelError(f"model generation failed (exit {code}); {log_path} ends with:\n{await tail(log_path)}")
-        await asyncio.to_thread(work.rename, target)  # atomic: readers never see a half-written model
-    finally:
-        await asyncio.to_thread(shutil.rmtree, work, ignore_errors=True)
-    progress(f"model ready at {target}")
+async def make_model_dir(
+    python: Path,
+    args: Sequence[str | Path],
+    target: Path,
+    lock: Path,
+    marker: str,
+    *,
+    what: str,
+    announce: str,
+    progress: Progress,
+    env: Mapping[str, str] | None = None,
+) -> None:
+    """Make the model directory `target` once, across processes: `python args... --out <work>` in the vLLM venv
+    writes it into a work directory renamed into place (readers never see a half-written model). Complete once
+    `marker` and the weights are there; raises `ModelError` with the log's tail when the script fails."""
+    if await asyncio.to_thread(_is_complete, target, marker):
+        return
+    waiting = f"waiting for another process that holds {lock} ({what})"
+    async with file_lock(lock, on_wait=lambda: progress(waiting)):
+        if await asyncio.to_thread(_is_complete, target, marker):
+            return
+        work = target.with_name(f".{target.name}.partial")
+        log_path = target.with_name(f"{target.name}.log")
+        for stale in (work, target):  # an incomplete earlier attempt
+            await asyncio.to_thread(shutil.rmtree, stale, ignore_errors=True)
+        progress(f"{announce} into {target} (log: {log_path})")
+        try:
+            code = await run_logged(
+                (python, *args, "--out", work),
+                log_path=log_path,
+                progress=progress,
+                what=what,
+                env={**os.environ, "OMP_NUM_THREADS": "2", **(env or {})},
+            )
+            if code != 0:
+                raise ModelError(f"{what} failed (exit {code}); {log_path} ends with:\n{await tail(log_path)}")
+            await asyncio.to_thread(work.rename, target)
+            progress(f"model ready at {target}")
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, ignore_errors=True)
