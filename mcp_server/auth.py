@@ -14,8 +14,9 @@ from starlette.authentication import AuthCredentials
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from thunder_common.asgi import send_json
+from thunder_common.program_ids import PROGRAM_HEADER
 
-from .binding import PRINCIPAL_STATE_KEY, PROGRAM_HEADER, SCOPE_STATE_KEY, agent_program_id, bind_request
+from .binding import PRINCIPAL_STATE_KEY, SCOPE_STATE_KEY, agent_program_id, bind_request
 from .errors import ProgramBindingError
 
 PROGRAM_PATH = re.compile(r"^/p/(?P<program>[^/]+)/mcp/?$")

@@ -17,7 +17,6 @@ from thunder_common.program_ids import InvalidProgramIdError, check_program_id
 
 from .errors import ProgramBindingError
 
-PROGRAM_HEADER = "x-program-id"
 SESSION_HEADER = "mcp-session-id"
 SCOPE_STATE_KEY = "thunder_program_id"
 PRINCIPAL_STATE_KEY = "thunder_principal"  # who authenticated the request (a token's identity), if anyone

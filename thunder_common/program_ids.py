@@ -11,6 +11,8 @@ import re
 
 from .errors import ThunderError
 
+# The header that names a request's program on every server (lower case, as ASGI and httpx present it).
+PROGRAM_HEADER = "x-program-id"
 MAX_PROGRAM_ID = 128
 PROGRAM_ID_RULE = f"1-{MAX_PROGRAM_ID} characters from A-Z a-z 0-9 . _ : @ + -, starting with a letter or digit"
 _PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:@+-]{{0,{MAX_PROGRAM_ID - 1}}}")

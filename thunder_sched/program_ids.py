@@ -20,9 +20,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from thunder_common.program_ids import is_header_name
+from thunder_common.program_ids import PROGRAM_HEADER, is_header_name
 
-PROGRAM_HEADER = "x-program-id"
 CLAUDE_CODE_SESSION_HEADER = "x-claude-code-session-id"
 # OpenHands (its server runtime) sends its conversation id to every HTTP MCP server on tool calls
 # (openhands/mcp/client.py, connect_http), not on LLM requests: a rule here names MCP requests in `thunder serve`.

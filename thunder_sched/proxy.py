@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from thunder_common.program_ids import PROGRAM_HEADER
 from thunder_sched.config import MODEL_ALIAS_DEFAULT
 from thunder_sched.errors import (
     BadRequestError,
@@ -114,7 +115,7 @@ def take_program_id(
     """`program_id` from the body (what `extra_body` sends; removed before forwarding) or X-Program-Id, else
     what the first matching agent-id rule finds (thunder_sched/program_ids.py)."""
     from_body = body.pop("program_id", None)
-    from_header = headers.get("x-program-id")
+    from_header = headers.get(PROGRAM_HEADER)
     if from_body is not None and not isinstance(from_body, str | int):
         raise BadRequestError("program_id must be a string")
     pid = str(from_body) if from_body is not None else from_header

@@ -12,11 +12,11 @@ from urllib.parse import unquote
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from thunder_common.asgi import send_json
-from thunder_common.program_ids import InvalidProgramIdError, check_program_id
+from thunder_common.program_ids import PROGRAM_HEADER, InvalidProgramIdError, check_program_id
 from thunder_sched.errors import anthropic_error_body
 
 PROGRAM_API_PATH = "/p/{program_id}/v1/{rest:path}"
-_HEADER = b"x-program-id"
+_HEADER = PROGRAM_HEADER.encode()
 
 
 class ProgramScopedApi:
